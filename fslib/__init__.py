@@ -1,0 +1,1 @@
+"""FirstSight: distilling Qwen2-VL for egocentric question answering."""

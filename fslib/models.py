@@ -1,0 +1,216 @@
+"""Model and processor loading, and the embedded tiny Qwen2-VL pair.
+
+Every stage loads models exactly as it would load ``Qwen/Qwen2-VL-7B-Instruct``: through the Auto classes and
+``from_pretrained``. The only difference for the embedded default is *where the folder comes from*: a name
+``embedded:<preset>`` is built once, deterministically and offline, into ``<run_dir>/embedded/<preset>`` with the
+real ``Qwen2VLForConditionalGeneration`` and a real ``Qwen2VLProcessor``, and then loaded from that path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+EMBEDDED_PREFIX = "embedded:"
+
+# Qwen2-VL's special tokens, in the order the real tokenizer appends them after its BPE vocabulary.
+QWEN2VL_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+
+# Qwen2-VL-Instruct's chat template, verbatim from the released tokenizer_config.json.
+QWEN2VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
+    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+
+# Tiny presets. Sizes mirror the real pair's *shape*: the teacher is wider and deeper than the student, and its
+# output layer is padded 128 rows further (152,064 vs 151,936 in the real pair), so vocabulary alignment is always
+# exercised. head_dim is 32 for every text model, so mrope_section sums to head_dim / 2 = 16.
+EMBEDDED_PRESETS: dict[str, dict] = {
+    "tiny-teacher": dict(hidden=128, layers=4, heads=4, kv_heads=2, ffn=512,
+                         vis_depth=3, vis_dim=96, vis_heads=4, vocab_pad=128, seed=1),
+    "tiny-student": dict(hidden=64, layers=2, heads=2, kv_heads=1, ffn=256,
+                         vis_depth=2, vis_dim=64, vis_heads=4, vocab_pad=0, seed=2),
+}
+TINY_PIXELS = dict(min_pixels=56 * 56, max_pixels=112 * 112)
+
+
+def is_embedded(name: str) -> bool:
+    return name.startswith(EMBEDDED_PREFIX)
+
+
+def train_tiny_tokenizer(corpus: list[str], vocab_size: int = 320):
+    """A byte-level BPE trained on the task's text with Qwen2's pre-tokenizer, plus Qwen2-VL's special tokens.
+
+    Special tokens are appended *after* the learned vocabulary, as in the real tokenizer (ids 151643+ there).
+    """
+    from tokenizers import Tokenizer, trainers
+    from transformers import Qwen2Tokenizer
+
+    # Start from Qwen2Tokenizer's own (empty) pipeline so training and use share one pre-tokenizer.
+    empty = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[])
+    backend = Tokenizer.from_str(empty.backend_tokenizer.to_str())
+    from tokenizers import pre_tokenizers
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(corpus, trainer)
+    state = json.loads(backend.to_str())["model"]
+    vocab = {k: v for k, v in state["vocab"].items() if k not in QWEN2VL_SPECIAL_TOKENS}
+    vocab = {k: i for i, k in enumerate(sorted(vocab, key=vocab.get))}
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                         unk_token=None, model_max_length=4096)
+    tok.add_special_tokens({"additional_special_tokens": list(QWEN2VL_SPECIAL_TOKENS[1:])})
+    tok.chat_template = QWEN2VL_CHAT_TEMPLATE
+    return tok
+
+
+def build_tiny_processor(corpus: list[str], *, min_pixels: int, max_pixels: int, video_max_pixels: int | None = None):
+    """A real ``Qwen2VLProcessor``: trained BPE tokenizer + Qwen2-VL image and video processors, small pixel bounds."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    tok = train_tiny_tokenizer(corpus)
+    image = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    video = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=video_max_pixels or max_pixels)
+    return Qwen2VLProcessor(image_processor=image, tokenizer=tok, video_processor=video,
+                            chat_template=QWEN2VL_CHAT_TEMPLATE)
+
+
+def tiny_config(preset: dict, tokenizer):
+    """A ``Qwen2VLConfig`` for a tiny preset, wired to the tokenizer's special-token ids."""
+    from transformers import Qwen2VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2VL_SPECIAL_TOKENS}
+    # Pad the output layer to a multiple of 64 beyond the tokenizer, as the real checkpoints do.
+    vocab = (len(tokenizer) + 63) // 64 * 64 + preset["vocab_pad"]
+    head_dim = preset["hidden"] // preset["heads"]
+    text = dict(vocab_size=vocab, hidden_size=preset["hidden"], intermediate_size=preset["ffn"],
+                num_hidden_layers=preset["layers"], num_attention_heads=preset["heads"],
+                num_key_value_heads=preset["kv_heads"], max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                 "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"])
+    vision = dict(depth=preset["vis_depth"], embed_dim=preset["vis_dim"], num_heads=preset["vis_heads"],
+                  hidden_size=preset["hidden"], mlp_ratio=4, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    return Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                         vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+
+
+def build_embedded(name: str, root: str | Path, corpus: list[str]) -> Path:
+    """Build (once) the embedded model ``name`` into ``root/<preset>`` and return that folder.
+
+    Deterministic: the same corpus gives the same tokenizer and the preset's seed the same weights.
+    """
+    from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
+
+    preset_name = name.removeprefix(EMBEDDED_PREFIX)
+    if preset_name not in EMBEDDED_PRESETS:
+        raise ValueError(f"unknown embedded model {name!r}; valid: "
+                         + ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_PRESETS))
+    out = Path(root) / preset_name
+    if (out / "config.json").exists():
+        return out
+    preset = EMBEDDED_PRESETS[preset_name]
+    processor = build_tiny_processor(corpus, **TINY_PIXELS)
+    torch.manual_seed(preset["seed"])
+    model = Qwen2VLForConditionalGeneration(tiny_config(preset, processor.tokenizer))
+    tok = processor.tokenizer
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
+        eos_token_id=[tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id], do_sample=False)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a half-built folder is never mistaken for a model
+    return out
+
+
+def resolve_model(name: str, embedded_root: str | Path, corpus_fn=None) -> str:
+    """A hub id or folder is returned as is; ``embedded:<preset>`` is built (once) and its folder returned."""
+    if not is_embedded(name):
+        return name
+    if corpus_fn is None:
+        from fslib.synth import corpus_text as corpus_fn
+    return str(build_embedded(name, embedded_root, corpus_fn()))
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def quantization_config(quantization: str, compute_dtype: torch.dtype):
+    """bitsandbytes settings for ``none | int8 | nf4``."""
+    if quantization in ("none", "", None):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    raise ValueError(f"quantization {quantization!r} is not one of: none, int8, nf4")
+
+
+def load_model(path: str, *, dtype: str = "float32", quantization: str = "none", device_map: str | None = None,
+               trust_remote_code: bool = False, frozen: bool = False):
+    """Load any Qwen2-VL checkpoint (hub id or folder) with ``AutoModelForImageTextToText``; safetensors only.
+
+    ``frozen=True`` is how the teacher is loaded: eval mode, no gradients, so no optimizer state is ever built.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of: {', '.join(_DTYPES)}")
+    torch_dtype = _DTYPES[dtype]
+    qconf = quantization_config(quantization, torch.float32 if torch_dtype == "auto" else torch_dtype)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=torch_dtype, quantization_config=qconf, device_map=device_map,
+        trust_remote_code=trust_remote_code, use_safetensors=True)
+    if frozen:
+        model.eval()
+        model.requires_grad_(False)
+    return model
+
+
+def load_processor(path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not hasattr(processor, "image_processor"):
+        raise RuntimeError(f"AutoProcessor for {path} returned {type(processor).__name__}, not a Qwen2-VL processor; "
+                           "is torchvision installed (needed by Qwen2VLVideoProcessor)?")
+    return processor
+
+
+def param_counts(model) -> dict:
+    """Total, vision-tower and language-model parameter counts (``sum(p.numel())``, as the model cards count)."""
+    total = sum(p.numel() for p in model.parameters())
+    inner = getattr(model, "model", model)
+    visual = getattr(inner, "visual", None)
+    vision = sum(p.numel() for p in visual.parameters()) if visual is not None else 0
+    return {"params": total, "params_vision": vision, "params_language": total - vision}
+
+
+def describe(model) -> dict:
+    """A one-line summary for the notebooks: sizes, vocab, dtype, quantisation."""
+    text = model.config.get_text_config()
+    q = getattr(model.config, "quantization_config", None)
+    return {**param_counts(model), "hidden_size": text.hidden_size, "layers": text.num_hidden_layers,
+            "vocab_size": text.vocab_size, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "quantization": (q.to_dict().get("quant_method") if hasattr(q, "to_dict") else q) or "none"}

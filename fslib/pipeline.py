@@ -1,0 +1,59 @@
+"""Run the four notebooks with papermill on one params file, then render the run's HTML report.
+
+    python -m fslib.pipeline params/tiny.yaml
+
+The params file is checked against the notebooks' parameter cells before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from fslib import config, report
+
+
+def run(params_file: str | Path, *, notebooks_dir: str | Path | None = None, stages=config.NOTEBOOKS,
+        kernel: str = "python3") -> Path:
+    import papermill as pm
+
+    params = config.load_params(params_file, notebooks_dir)
+    declared = config.declared_params(notebooks_dir)
+    run_name = params.get("run_name", "tiny")
+    reports_dir = params.get("reports_dir", "reports")
+    out = config.run_dir(reports_dir, run_name)
+    (out / "notebooks").mkdir(exist_ok=True)
+    executed = []
+    for stage in stages:
+        own = {k: v for k, v in params.items() if stage in declared[k]["notebooks"]}
+        target = out / "notebooks" / f"{stage}.ipynb"
+        t0 = time.time()
+        print(f"[{stage}] running → {target}", flush=True)
+        pm.execute_notebook(str(config.notebook_path(stage, notebooks_dir)), str(target), parameters=own,
+                            kernel_name=kernel, progress_bar=False, cwd=str(Path.cwd()))
+        print(f"[{stage}] done in {time.time() - t0:.0f} s", flush=True)
+        executed.append(target)
+    errors = report.errors_in(executed)
+    if errors:
+        raise RuntimeError(f"error outputs in executed notebooks: {errors}")
+    html = report.render_html(executed, out / "index.html", title=f"FirstSight report — {run_name}")
+    print(f"report: {html}\nmetrics: {out / 'metrics.json'}")
+    return html
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("params", help="params YAML, e.g. params/tiny.yaml")
+    args = ap.parse_args(argv)
+    try:
+        run(args.params)
+    except config.ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Figures for the notebooks and the one-file HTML report that joins the four executed notebooks."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STAGE_TITLES = {"01_data": "1. Data", "02_distill": "2. Distillation", "03_evaluate": "3. Evaluation",
+                "04_publish": "4. Publishing"}
+
+
+def plot_training(histories: dict[str, dict]):
+    """Loss curves (total, KD, CE) per trained model: train per step, validation per epoch."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for label, hist in histories.items():
+        steps = hist["steps"]
+        for ax, key in zip(axes, ("loss", "kd", "ce")):
+            line, = ax.plot([s["step"] for s in steps], [s[key] for s in steps], alpha=0.6, label=f"{label} train")
+            ax.plot([e["step"] for e in hist["epochs"]], [e[f"val_{key}"] for e in hist["epochs"]], "o--",
+                    color=line.get_color(), label=f"{label} val")
+    for ax, title in zip(axes, ("total loss", "KD term (T²·KL)", "cross-entropy")):
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr_throughput(histories: dict[str, dict]):
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.2))
+    for label, hist in histories.items():
+        steps = [s["step"] for s in hist["steps"]]
+        a.plot(steps, [s["lr"] for s in hist["steps"]], label=label)
+        b.plot(steps, [s["tokens_per_s"] for s in hist["steps"]], label=label)
+    a.set_title("learning rate")
+    b.set_title("tokens / s (prompt + answer, incl. visual tokens)")
+    for ax in (a, b):
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def gallery(records: list[dict], answers: dict[str, list[str]] | None = None, *, n: int = 8, cols: int = 4):
+    """Images (or video frames as a strip) with the question, reference and each model's answer."""
+    records = records[:n]
+    rows = (len(records) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, rec) in enumerate(zip(axes.flat, records)):
+        ax.imshow(_strip(rec))
+        lines = [f"Q: {rec['question']}", f"ref: {rec.get('answer')}"]
+        for name, preds in (answers or {}).items():
+            lines.append(f"{name}: {preds[i]}")
+        ax.set_title("\n".join(_wrap(x) for x in lines), fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def _strip(rec: dict):
+    import numpy as np
+
+    if rec.get("media") == "video" and rec.get("video"):
+        return np.concatenate([np.asarray(f.convert("RGB")) for f in rec["video"]], axis=1)
+    return np.asarray(rec["image"].convert("RGB"))
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(text), width)) or ""
+
+
+def comparison_table(metrics: dict, columns: list[str]):
+    """A pandas table, one row per model, for display in the notebook."""
+    import pandas as pd
+
+    rows = {name: {c: m.get(c) for c in columns} for name, m in metrics["models"].items()}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def render_html(executed: list[Path], out_file: Path, *, title: str) -> Path:
+    """Join executed notebooks into one self-contained HTML: code hidden, figures embedded, nothing fetched."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    joined = nbformat.v4.new_notebook(metadata=nbformat.read(executed[0], as_version=4).metadata)
+    joined.cells.append(nbformat.v4.new_markdown_cell(f"# {title}"))
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        joined.cells.append(nbformat.v4.new_markdown_cell(f"# {STAGE_TITLES.get(path.stem, path.stem)}"))
+        for cell in nb.cells:
+            if "injected-parameters" in cell.metadata.get("tags", []) or cell.cell_type == "raw":
+                continue
+            joined.cells.append(cell)
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    exporter.require_js_url = ""
+    exporter.mathjax_url = ""
+    body, _ = exporter.from_notebook_node(joined)
+    body = _strip_remote(body)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(body)
+    return out_file
+
+
+def _strip_remote(body: str) -> str:
+    """Remove any <script src=http…> or <link href=http…> so the page renders fully offline."""
+    body = re.sub(r"<script[^>]+src=\"https?://[^\"]*\"[^>]*>\s*</script>", "", body)
+    return re.sub(r"<link[^>]+href=\"https?://[^\"]*\"[^>]*>", "", body)
+
+
+def errors_in(executed: list[Path]) -> list[str]:
+    """Names of notebooks that contain an error output (the report must have none)."""
+    import nbformat
+
+    bad = []
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+                bad.append(f"{path.name}: {html.escape(''.join(cell.source)[:80])}")
+    return bad
+
+
+def per_type_table(metrics: dict):
+    """Exact match per question type (rows) and model (columns)."""
+    import pandas as pd
+
+    return pd.DataFrame({name: {t: v["exact_match"] for t, v in m["per_type"].items()}
+                         for name, m in metrics["models"].items()})
