@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import platform
+import re
 import subprocess
 import sys
 import types
@@ -34,9 +35,18 @@ def notebook_path(name: str, notebooks_dir: str | Path | None = None) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _declared(nb_file: str) -> dict[str, dict]:
+    import nbformat
     import papermill
 
-    return papermill.inspect_notebook(nb_file)
+    found = papermill.inspect_notebook(nb_file)
+    # papermill silently drops a parameter line it cannot parse (an "=" inside its comment does it), which would
+    # make a valid key look unknown; refuse such a cell instead.
+    cells = [c for c in nbformat.read(nb_file, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    names = {m.group(1) for c in cells for m in re.finditer(r"^(\w+)\s*(?::[^=]*)?=", c.source, re.M)}
+    if names - set(found):
+        raise ParamsError(f"{nb_file}: papermill cannot parse the parameter line(s) for {sorted(names - set(found))}; "
+                          "write them as `name: type = value  # comment` with no '=' in the comment")
+    return found
 
 
 def declared_params(notebooks_dir: str | Path | None = None) -> dict[str, dict]:

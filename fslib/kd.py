@@ -142,9 +142,15 @@ def _shifted_targets(labels: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def _teacher_log_probs(logits: Tensor, temperature: float) -> Tensor:
-    """log_softmax(logits / T) in float32, (N, C) -> (N, C), with a finite floor for -inf logits."""
-    lp = logits.float() / temperature  # a new tensor, so the in-place ops below touch no caller data
+def _teacher_log_probs(logits: Tensor, temperature: float, *, overwrite: bool = False) -> Tensor:
+    """log_softmax(logits / T) in float32, (N, C) -> (N, C), with a finite floor for -inf logits.
+
+    In place on ``logits`` if ``overwrite`` and it is float32; otherwise on a new tensor, never the caller's.
+    """
+    if overwrite and logits.dtype == torch.float32:
+        lp = logits.div_(temperature)
+    else:
+        lp = logits.float() / temperature
     lp -= torch.logsumexp(lp, dim=-1, keepdim=True)  # in place: one (N, C) buffer instead of two
     return lp.clamp_(min=_LOG_FLOOR)
 
@@ -194,7 +200,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, t
     vocab = _shared_vocab(student_logits.shape[-1], teacher_logits.shape[-1], vocab_size)
     mask, targets = _shifted_targets(labels, vocab)
     # Counted rows are selected before any upcast or softmax: masked positions cost nothing and leak nothing.
-    lp_t = _teacher_log_probs(teacher_logits[:, :-1, :vocab][mask], temperature)  # (N, V)
+    # The selection is a copy, so the teacher's log-probs can overwrite it.
+    lp_t = _teacher_log_probs(teacher_logits[:, :-1, :vocab][mask], temperature, overwrite=True)  # (N, V)
     s = student_logits[:, :-1, :vocab][mask].float()  # (N, V)
     kd_sum, ce_sum = _student_sums(s, lp_t, targets, temperature, alpha, divergence, beta)
     return _combine(kd_sum, ce_sum, targets.numel(), temperature, alpha)
@@ -223,7 +230,8 @@ def chunked_kd_loss(student_hidden: Tensor, student_head_weight: Tensor, teacher
     n = targets.numel()
 
     def chunk_sums(z_s: Tensor, z_t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        return _student_sums(z_s, _teacher_log_probs(z_t, temperature), y, temperature, alpha, divergence, beta)
+        lp_t = _teacher_log_probs(z_t, temperature, overwrite=True)  # z_t is this chunk's own buffer
+        return _student_sums(z_s, lp_t, y, temperature, alpha, divergence, beta)
 
     cut = (lambda b: None if b is None else b[:vocab])  # noqa: E731
     loss, kd_sum, ce_sum = fused_linear_kd(

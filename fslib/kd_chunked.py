@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# (student logits (C, V) float32, teacher logits (C, V) float32, targets (C,)) -> (kd sum, ce sum), 0-dim each
+# (student logits (C, V) float32, teacher logits (C, V) float32, targets (C,)) -> (kd sum, ce sum), 0-dim each.
+# It may overwrite the teacher logits, which are a fresh buffer each chunk.
 ChunkSums = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
@@ -61,17 +62,22 @@ class _FusedLinearKD(torch.autograd.Function):
             ce_sum += ce_c.detach()
         ctx.save_for_backward(g_h, g_w, g_b)
         ctx.param_dtypes = (w_s.dtype, None if b_s is None else b_s.dtype)
+        ctx.used = False
         ctx.mark_non_differentiable(kd_sum, ce_sum)
         return w_kd * kd_sum + w_ce * ce_sum, kd_sum, ce_sum
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_kd, _grad_ce):
+        if ctx.used:
+            raise RuntimeError("chunked_kd_loss: backward ran twice through the same graph; its stored gradients "
+                               "are scaled in place (no second (V, H_s) buffer), so call chunked_kd_loss again")
+        ctx.used = True
         g_h, g_w, g_b = ctx.saved_tensors
         w_dtype, b_dtype = ctx.param_dtypes
-        # Out of place, so that a second backward (retain_graph=True) scales the stored gradients afresh.
-        g_h = None if g_h is None else g_h * grad_loss.to(g_h.dtype)
-        g_w = None if g_w is None else (g_w * grad_loss).to(w_dtype)
-        g_b = None if g_b is None else (g_b * grad_loss).to(b_dtype)
+        # In place: an out-of-place product would hold a second (V, H_s) float32 gradient at the peak.
+        g_h = None if g_h is None else g_h.mul_(grad_loss.to(g_h.dtype))
+        g_w = None if g_w is None else g_w.mul_(grad_loss).to(w_dtype)
+        g_b = None if g_b is None else g_b.mul_(grad_loss).to(b_dtype)
         return g_h, g_w, g_b, None, None, None, None, None, None, None, None
 
 

@@ -57,16 +57,17 @@ def train_tiny_tokenizer(corpus: list[str], vocab_size: int = 320):
 
     Special tokens are appended *after* the learned vocabulary, as in the real tokenizer (ids 151643+ there).
     """
-    from tokenizers import Tokenizer, trainers
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
     # Start from Qwen2Tokenizer's own (empty) pipeline so training and use share one pre-tokenizer.
     empty = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[])
     backend = Tokenizer.from_str(empty.backend_tokenizer.to_str())
-    from tokenizers import pre_tokenizers
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(corpus, trainer)
+    # The chat template's own words are part of every sample, so the tokenizer learns them too.
+    template_text = ["system\nYou are a helpful assistant.", "user\n", "assistant\n"] * 50
+    backend.train_from_iterator(list(corpus) + template_text, trainer)
     state = json.loads(backend.to_str())["model"]
     vocab = {k: v for k, v in state["vocab"].items() if k not in QWEN2VL_SPECIAL_TOKENS}
     vocab = {k: i for i, k in enumerate(sorted(vocab, key=vocab.get))}

@@ -24,7 +24,7 @@ def plot_training(histories: dict[str, dict]):
             line, = ax.plot([s["step"] for s in steps], [s[key] for s in steps], alpha=0.6, label=f"{label} train")
             ax.plot([e["step"] for e in hist["epochs"]], [e[f"val_{key}"] for e in hist["epochs"]], "o--",
                     color=line.get_color(), label=f"{label} val")
-    for ax, title in zip(axes, ("total loss", "KD term (T²·KL)", "cross-entropy")):
+    for ax, title in zip(axes, ("total loss", "KD divergence at temperature T", "cross-entropy")):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)

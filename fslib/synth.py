@@ -1,9 +1,10 @@
 """Seeded synthetic egocentric world: first-person views of a surface, two hands and a few objects.
 
-Every scene is a pure function of its scene seed (``random.Random(scene_seed)``), so the same parameters give
-byte-identical images. A scene is first *specified* from the question it must answer (so answers are balanced and
-exact), then *laid out* (positions, hands, light) and finally *rendered* at 2x and box-downsampled. Clutter
-(crumbs, scratches, paper scraps) is small, flat and grey/brown: it is never an "object" and is never counted.
+Every scene is a pure function of its scene seed (``random.Random(f"firstsight-{scene_seed}")``), so the same
+parameters give byte-identical images (with the pinned Pillow/numpy). A scene is first *specified* from the question
+it must answer (so answers are balanced and exact), then *laid out* (positions, hands, light) and finally *rendered*
+at 2x and box-downsampled. Clutter (crumbs, scratches, paper scraps) is small, flat and grey/brown: it is never an
+"object" and is never counted.
 """
 from __future__ import annotations
 
@@ -216,7 +217,7 @@ def _finger(d: ImageDraw.ImageDraw, a, b, width: float, rgb) -> None:
 
 
 def _draw_hand(d: ImageDraw.ImageDraw, hand: dict, S: int, skin, sleeve) -> None:
-    """A hand whose grip point is (x, y): arm from the bottom corner, palm, then fingers open or closed over ``held``."""
+    """A hand gripping at (x, y): arm from the bottom corner, palm, then fingers open or closed over ``held``."""
     x, y, s = hand["x"] * S, hand["y"] * S, (1 if hand["side"] == "left" else -1)
     wrist, anchor = (x - s * 0.05 * S, y + 0.16 * S), ((0.5 - s * 0.55) * S, 1.35 * S)
     _finger(d, anchor, wrist, 0.14 * S, sleeve)
@@ -224,15 +225,15 @@ def _draw_hand(d: ImageDraw.ImageDraw, hand: dict, S: int, skin, sleeve) -> None
     d.ellipse([cx - 0.075 * S, cy - 0.07 * S, cx + 0.075 * S, cy + 0.07 * S], fill=skin, outline=_shade(skin, 0.75))
     fw, held = 0.026 * S, hand["held"]
     if held is None:
-        for off, length in zip((-0.045, -0.015, 0.015, 0.045), (0.085, 0.11, 0.105, 0.09)[::s]):
+        for off, length in zip((-0.045, -0.015, 0.015, 0.045), (0.085, 0.11, 0.105, 0.09)[::s]):  # [::s] mirrors
             _finger(d, (cx + off * S, cy - 0.04 * S), (cx + off * 1.4 * S, cy - (0.04 + length) * S), fw, skin)
         _finger(d, (cx + s * 0.05 * S, cy), (cx + s * 0.12 * S, cy - 0.05 * S), fw * 1.1, skin)
         return
     r = held["r"] * S
     _draw_object(d, held["name"], x, y, r, held["rgb"])
-    for k in range(3):  # curled fingers wrap the object from the outer side
-        fy = y + (0.05 + 0.035 * k) * S - 0.3 * r
-        _finger(d, (x - s * (0.75 * r + 0.02 * S), fy), (x - s * 0.1 * r, fy), fw, skin)
+    for k in range(3):  # curled fingers wrap the lower outer corner, leaving most of the object visible
+        fy = y + 0.3 * r + 0.028 * k * S
+        _finger(d, (x - s * (0.75 * r + 0.02 * S), fy), (x - s * 0.3 * r, fy), fw * 0.9, skin)
     _finger(d, (cx + s * 0.06 * S, cy - 0.01 * S), (x + s * 0.45 * r, y - 0.05 * r), fw * 1.1, skin)
 
 
@@ -241,9 +242,10 @@ def _lighting(img: Image.Image, light: dict, seed: int) -> Image.Image:
     arr = np.asarray(img, dtype=np.float32)
     ramp = np.linspace(1 + light["gradient"], 1 - light["gradient"], arr.shape[0], dtype=np.float32)
     ramp = ramp[:, None, None] if light["vertical"] else ramp[None, :, None]
-    arr = arr * light["gain"] * np.asarray(light["tint"], dtype=np.float32) * ramp
-    arr += np.random.default_rng(seed).normal(0.0, light["noise"], arr.shape).astype(np.float32)
-    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
+    arr *= ramp * (light["gain"] * np.asarray(light["tint"], dtype=np.float32))  # (H, 1, 3) or (1, W, 3) factor
+    noise = np.random.default_rng(seed).standard_normal(arr.shape, dtype=np.float32)
+    arr += noise * np.float32(light["noise"]) + np.float32(0.5)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
 def render_scene(scene: dict, size: int) -> Image.Image:
@@ -251,15 +253,17 @@ def render_scene(scene: dict, size: int) -> Image.Image:
     S = 2 * size  # supersample, then box-filter down: cheap anti-aliasing with a fixed filter
     img = Image.new("RGB", (S, S))
     d = ImageDraw.Draw(img)
-    rng = random.Random(scene["detail_seed"])  # texture and clutter stay identical across the frames of a clip
+    rng = random.Random(f"detail-{scene['detail_seed']}")  # same texture and clutter in every frame of a clip
     _draw_background(d, scene, S, rng)
     _draw_clutter(d, scene, S, rng)
-    mask = Image.new("L", (S, S), 0)
+    s4 = S // 4  # soft shadows are drawn and blurred at quarter size, then scaled up: same look, far cheaper
+    mask = Image.new("L", (s4, s4), 0)
     shadow, dx = ImageDraw.Draw(mask), scene["light"]["shadow_dx"]
     for o in scene["objects"]:
-        x, y, r = o["x"] * S, o["y"] * S, o["r"] * S
+        x, y, r = o["x"] * s4, o["y"] * s4, o["r"] * s4
         shadow.ellipse([x + (dx - 0.85) * r, y + 0.55 * r, x + (dx + 0.85) * r, y + 1.1 * r], fill=110)
-    img = Image.composite(Image.new("RGB", (S, S)), img, mask.filter(ImageFilter.GaussianBlur(S / 100)))
+    mask = mask.filter(ImageFilter.GaussianBlur(s4 / 100)).resize((S, S), Image.Resampling.BILINEAR)
+    img = Image.composite(Image.new("RGB", (S, S)), img, mask)
     d = ImageDraw.Draw(img)
     for o in sorted(scene["objects"], key=lambda o: o["y"]):  # far first, so nearer objects overlap them
         _draw_object(d, o["name"], o["x"] * S, o["y"] * S, o["r"] * S, o["rgb"])
@@ -333,8 +337,8 @@ def _spec_spatial(rng, c):
     pair = _target(rng, c, name=None if c.ood else rng.choice(OBJECTS))
     n = rng.randint(min(2, c.max_objects), c.max_objects)
     table = [pair, *_pairs(rng, c, n - 1, lambda p: p[1] == pair[1])]  # the answer names exactly one object
-    return dict(table=table, held=_hands(rng, c), layout=(kind, side), question=_q(rng, f"spatial_{kind}", c, hand=side),
-                answer=pair[1], target=pair)
+    return dict(table=table, held=_hands(rng, c), layout=(kind, side),
+                question=_q(rng, f"spatial_{kind}", c, hand=side), answer=pair[1], target=pair)
 
 
 def _spec_presence(rng, c):
@@ -416,7 +420,7 @@ def _layout_scene(rng: random.Random, spec: dict, surface: str, clutter: int) ->
         raise RuntimeError(f"could not lay out {len(spec['table'])} objects")  # not reached for max_objects <= 6
     objects = [_obj(rng, p, x=x, y=y, r=r) for p, (x, y, r) in zip(spec["table"], spots)]
     hands = [{"side": s, "x": rests[s][0], "y": rests[s][1],
-              "held": _obj(rng, spec["held"][s], r=rng.uniform(0.085, 0.1)) if spec["held"][s] else None}
+              "held": _obj(rng, spec["held"][s], r=rng.uniform(0.09, 0.11)) if spec["held"][s] else None}
              for s in HANDS]
     light = {"gain": rng.uniform(0.8, 1.15), "tint": [rng.uniform(0.93, 1.07) for _ in range(3)],
              "gradient": rng.uniform(0.0, 0.1), "vertical": rng.random() < 0.5, "noise": rng.uniform(0.0, 4.0),
@@ -434,7 +438,7 @@ def render_clip(scene: dict, motion: tuple, n_frames: int, size: int) -> list[Im
     alphas = [t / m for t in range(m + 1)] + [1 - (t - m) / (n_frames - 1 - m) for t in range(m + 1, n_frames)]
     obj, others = scene["objects"][0], scene["objects"][1:]
     idx = HANDS.index(side)
-    rest, held_r = (scene["hands"][idx]["x"], scene["hands"][idx]["y"]), obj["r"] * 0.5 + 0.05
+    rest, held_r = (scene["hands"][idx]["x"], scene["hands"][idx]["y"]), 0.1
     frames = []
     for t, a in enumerate(alphas):
         hand = {"side": side, "x": rest[0] + a * (obj["x"] - rest[0]), "y": rest[1] + a * (obj["y"] - rest[1]),
@@ -467,8 +471,9 @@ def parse_pairs(pairs) -> tuple[tuple[str, str], ...]:
 def _config(seed, counts, image_size, max_objects, clutter, video_fraction, video_frames, held_out_pairs, qtypes):
     if not 0 <= seed < 2 ** 29:
         raise ValueError(f"seed must be in [0, 2**29), got {seed}")
-    if any(n < 0 for n in counts.values()) or image_size < 32 or clutter < 0:
-        raise ValueError(f"need split sizes >= 0, image_size >= 32, clutter >= 0; got {counts}, {image_size}, {clutter}")
+    if any(not 0 <= n < 2 ** 32 for n in counts.values()) or image_size < 32 or clutter < 0:
+        raise ValueError(f"need 0 <= split sizes < 2**32, image_size >= 32, clutter >= 0; "
+                         f"got {counts}, {image_size}, {clutter}")
     if not 1 <= max_objects <= MAX_COUNT or not 3 <= video_frames <= 32 or not 0.0 <= video_fraction <= 1.0:
         raise ValueError(f"need 1 <= max_objects <= {MAX_COUNT}, 3 <= video_frames <= 32, 0 <= video_fraction <= 1; "
                          f"got {max_objects}, {video_frames}, {video_fraction}")
@@ -497,7 +502,10 @@ def _make_record(cfg: dict, split: str, index: int) -> dict:
     is_video = math.floor((index + 1) * f) > n_video_before
     kinds, k = (cfg["video_q"], n_video_before) if is_video else (cfg["image_q"], index - n_video_before)
     qtype, ss = kinds[k % len(kinds)], scene_seed(cfg["seed"], split, index)
-    rng = random.Random(ss)
+    # A string seed is hashed (sha512) by Random; an int seed is split into 32-bit words and CPython's
+    # init_by_array maps words [a, a-1] to the same state as [a]: Random(5) == Random((4 << 32) + 5), which would
+    # repeat scenes across splits.
+    rng = random.Random(f"firstsight-{ss}")
     surface = rng.choice(SURFACES)
     ctx = _Ctx(cfg["allowed"], cfg["held_out"], split == "ood", cfg["max_objects"], surface, k // len(kinds))
     spec = SPECS[qtype](rng, ctx)

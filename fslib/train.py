@@ -50,7 +50,7 @@ def evaluate_loss(student, teacher, loader, *, temperature: float, alpha: float,
     for batch in loader:
         out = batch_loss(student, teacher, batch, temperature=temperature, alpha=alpha, device=device)
         for key in sums:
-            sums[key] += float(getattr(out, key)) * out.n_tokens
+            sums[key] += getattr(out, key).item() * out.n_tokens
         n += out.n_tokens
     student.train(was_training)
     return {k: v / max(n, 1) for k, v in sums.items()}
@@ -160,7 +160,7 @@ def _optimizer_step(acc, student, teacher, opt, sched, group, max_grad_norm, kw)
             weight = out.n_tokens / max(total_tokens, 1)
             acc.backward(out.loss * weight)
         for key in sums:
-            sums[key] += float(getattr(out, key)) * weight
+            sums[key] += getattr(out, key).item() * weight
     if not all(math.isfinite(v) for v in sums.values()):
         raise FloatingPointError(f"non-finite loss {sums}; the last good checkpoint is kept. Lower the learning "
                                  "rate or check the data")
