@@ -107,7 +107,7 @@ def check_namespace(namespace: dict, notebook: str) -> dict:
             continue
         _check(key, value, declared, f"notebook {notebook}")
     own = _declared(str(notebook_path(notebook)))
-    return {k: namespace[k] for k in own}
+    return {k: namespace[k] for k in own if k in namespace}
 
 
 def run_dir(reports_dir: str | Path, run_name: str) -> Path:

@@ -135,6 +135,6 @@ def build_metrics(results: dict, *, split: str, params: dict, trained: dict, pro
         for name, r in results.items():
             models[name]["agreement_with_teacher"] = agreement(r["predictions"], results["teacher"]["predictions"])
     return {"split": split, "n_eval": len(next(iter(results.values()))["predictions"]), "models": models,
-            "protocol": protocol, "params": {**trained.get("params", {}), **params},
+            "protocol": protocol, "params": params,
             "dataset": {"type": "synthetic" if trained.get("embedded") else "user", "name": "FirstSight egocentric VQA"},
             "environment": environment()}

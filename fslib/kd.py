@@ -233,12 +233,11 @@ def chunked_kd_loss(student_hidden: Tensor, student_head_weight: Tensor, teacher
         lp_t = _teacher_log_probs(z_t, temperature, overwrite=True)  # z_t is this chunk's own buffer
         return _student_sums(z_s, lp_t, y, temperature, alpha, divergence, beta)
 
-    cut = (lambda b: None if b is None else b[:vocab])  # noqa: E731
     loss, kd_sum, ce_sum = fused_linear_kd(
-        student_hidden[:, :-1][mask], student_head_weight[:vocab], cut(student_head_bias),
-        teacher_hidden[:, :-1][mask], teacher_head_weight[:vocab], cut(teacher_head_bias),
+        student_hidden[:, :-1][mask], student_head_weight, student_head_bias,
+        teacher_hidden[:, :-1][mask], teacher_head_weight, teacher_head_bias,
         targets, chunk_sums, w_kd=alpha * temperature**2 / max(n, 1), w_ce=(1 - alpha) / max(n, 1),
-        chunk_size=chunk_size)
+        chunk_size=chunk_size, vocab=vocab)
     return KDLoss(loss, kd_sum / max(n, 1), ce_sum / max(n, 1), n)
 
 

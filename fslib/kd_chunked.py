@@ -36,14 +36,17 @@ class _FusedLinearKD(torch.autograd.Function):
     """loss = w_kd * sum(kd) + w_ce * sum(ce) over N tokens; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, targets, chunk_sums, weights, chunk_size, needs):
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, targets, chunk_sums, weights, chunk_size, vocab, needs):
         w_kd, w_ce = weights
         need_h, need_w, need_b = needs
         n = h_s.shape[0]
         g_h = torch.zeros_like(h_s) if need_h else None  # (N, H_s)
-        # float32 accumulator: summing many chunk updates in bf16 would lose the small ones
-        g_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_w else None  # (V, H_s)
-        g_b = torch.zeros(w_s.shape[0], dtype=torch.float32, device=w_s.device) if need_b else None  # (V,)
+        # Float32 accumulators, since summing many chunk updates in bf16 would lose the small ones. Full size, with
+        # the first V rows filled: cutting the weights outside this function would make autograd's slice backward
+        # allocate a second (V_s, H_s) buffer.
+        g_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_w else None  # (V_s, H_s)
+        g_b = torch.zeros(b_s.shape, dtype=torch.float32, device=w_s.device) if need_b else None  # (V_s,)
+        w_s, b_s, w_t, b_t = (None if x is None else x[:vocab] for x in (w_s, b_s, w_t, b_t))
         kd_sum = torch.zeros((), dtype=torch.float32, device=h_s.device)
         ce_sum = torch.zeros((), dtype=torch.float32, device=h_s.device)
         for start in range(0, n, chunk_size):
@@ -57,7 +60,7 @@ class _FusedLinearKD(torch.autograd.Function):
                     z_s.requires_grad_(True)
                     kd_c, ce_c = chunk_sums(z_s, z_t, targets[rows])
                     (dz,) = torch.autograd.grad(w_kd * kd_c + w_ce * ce_c, z_s)  # (C, V) float32
-                _accumulate(dz, h_s[rows], w_s, g_h, g_w, g_b, rows)
+                _accumulate(dz, h_s[rows], w_s, g_h, g_w, g_b, rows, vocab)
             kd_sum += kd_c.detach()
             ce_sum += ce_c.detach()
         ctx.save_for_backward(g_h, g_w, g_b)
@@ -78,27 +81,27 @@ class _FusedLinearKD(torch.autograd.Function):
         g_h = None if g_h is None else g_h.mul_(grad_loss.to(g_h.dtype))
         g_w = None if g_w is None else g_w.mul_(grad_loss).to(w_dtype)
         g_b = None if g_b is None else g_b.mul_(grad_loss).to(b_dtype)
-        return g_h, g_w, g_b, None, None, None, None, None, None, None, None
+        return g_h, g_w, g_b, None, None, None, None, None, None, None, None, None
 
 
-def _accumulate(dz, h_rows, w_s, g_h, g_w, g_b, rows) -> None:
+def _accumulate(dz, h_rows, w_s, g_h, g_w, g_b, rows, vocab) -> None:
     """Chain rule through logits = h @ W.T + b for one chunk: dh = dz @ W, dW += dz.T @ h, db += sum(dz)."""
     if g_h is not None:
         # dz is cast to the weights' dtype first, as autograd does for a bf16 lm_head
         g_h[rows] = (dz.to(w_s.dtype) @ w_s).to(g_h.dtype)
     if g_w is not None:
-        g_w.addmm_(dz.T, h_rows.float())  # in place: no second (V, H_s) buffer per chunk
+        g_w[:vocab].addmm_(dz.T, h_rows.float())  # in place: no second (V, H_s) buffer per chunk
     if g_b is not None:
-        g_b += dz.sum(0)
+        g_b[:vocab] += dz.sum(0)
 
 
 def fused_linear_kd(h_s: Tensor, w_s: Tensor, b_s: Tensor | None, h_t: Tensor, w_t: Tensor, b_t: Tensor | None,
-                    targets: Tensor, chunk_sums: ChunkSums, *, w_kd: float, w_ce: float,
-                    chunk_size: int) -> tuple[Tensor, Tensor, Tensor]:
+                    targets: Tensor, chunk_sums: ChunkSums, *, w_kd: float, w_ce: float, chunk_size: int,
+                    vocab: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(loss, kd_sum, ce_sum)`` with ``loss = w_kd * kd_sum + w_ce * ce_sum``, summed over N token rows.
 
-    Shapes: h_s (N, H_s), w_s (V, H_s), b_s (V,) or None; h_t (N, H_t), w_t (V, H_t), b_t (V,) or None (already
-    cut to the shared vocabulary V); targets (N,). Only ``loss`` carries a gradient (to h_s, w_s and b_s);
+    Shapes: h_s (N, H_s), w_s (V_s, H_s), b_s (V_s,) or None; h_t (N, H_t), w_t (V_t, H_t), b_t (V_t,) or None;
+    targets (N,). Both heads are used up to their first ``vocab`` rows. Only ``loss`` carries a gradient (to h_s, w_s and b_s);
     ``kd_sum`` and ``ce_sum`` are detached, for logging. The teacher's tensors never receive a gradient.
     """
     if chunk_size < 1:
@@ -107,4 +110,4 @@ def fused_linear_kd(h_s: Tensor, w_s: Tensor, b_s: Tensor | None, h_t: Tensor, w
     needs = tuple(grad_on and t is not None and t.requires_grad for t in (h_s, w_s, b_s))
     return _FusedLinearKD.apply(h_s, w_s, b_s, h_t.detach(), w_t.detach(),
                                 None if b_t is None else b_t.detach(), targets, chunk_sums,
-                                (w_kd, w_ce), chunk_size, needs)
+                                (w_kd, w_ce), chunk_size, vocab, needs)
