@@ -4,28 +4,44 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PARAMS ?= params/tiny.yaml
+RUN ?= tiny
+LAB_PORT ?= 8888
 
-.PHONY: report test lab nbdime compare clean-reports
+.PHONY: report test lab readme compare check-report nbdime clean-reports
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# constraints.txt pins torch/torchvision: an unpinned torch pulls a different multi-GB build.
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,dev]'
+	# The notebooks' kernelspec is "python3": installed into .venv, it runs this interpreter (papermill and JupyterLab).
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (FirstSight)" >/dev/null
 	touch $(STAMP)
 
-report: $(STAMP)  ## run the four notebooks on $(PARAMS) and render reports/<run>/index.html
+report: $(STAMP)  ## run the four notebooks on $(PARAMS); writes reports/<run>/index.html and reports/index.html
 	$(PY) -m fslib.pipeline $(PARAMS)
 
-test: $(STAMP)  ## the test suite (GPU tests are skipped without a GPU)
+test: $(STAMP)  ## the test suite (GPU tests are skipped without a GPU; the Chromium test needs `chromium`)
 	$(PY) -m pytest -q
 
-lab: $(STAMP)  ## JupyterLab with the project's kernel
-	$(VENV)/bin/jupyter lab --no-browser --ServerApp.ip=127.0.0.1 --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root,)
+# Kernels start in the repository root (fslib.lab), as under papermill, so the notebooks' defaults find reports/.
+lab: $(STAMP)  ## JupyterLab on http://127.0.0.1:$(LAB_PORT) with the project's kernel
+	$(VENV)/bin/jupyter lab --no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
+		--ServerApp.root_dir=$(CURDIR) --ServerApp.kernel_manager_class=fslib.lab.RepoRootKernelManager \
+		$(if $(LAB_TOKEN),--IdentityProvider.token=$(LAB_TOKEN),) $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+readme: $(STAMP)  ## regenerate README.md's params reference and headline (from reports/tiny/metrics.json)
+	$(PY) -m fslib.readme
+
+compare: $(STAMP)  ## make compare A=<run> B=<run>: params and metric differences, nbdime diff of the notebooks
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=<run> B=<run>  (names under reports/)"; exit 2; }
+	$(PY) -m fslib.compare $(A) $(B) --out reports/compare-$(A)-vs-$(B).md
+
+check-report: $(STAMP)  ## open reports/$(RUN)/index.html in headless Chromium: figures, headline, no errors, no requests
+	$(PY) -m fslib.browser reports/$(RUN)/index.html --screenshot reports/$(RUN)/screenshot.png
 
 nbdime: $(STAMP)  ## use nbdime as git's diff/merge driver for notebooks in this clone
 	$(VENV)/bin/nbdime config-git --enable
 
 clean-reports:
-	rm -rf reports/*/
+	rm -rf reports/*/ reports/index.html

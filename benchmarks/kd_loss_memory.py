@@ -48,12 +48,15 @@ def _available_bytes() -> int:
     return info["MemAvailable"]
 
 
-def _cap_address_space(margin: int = 2 << 30) -> None:
+def _cap_address_space(margin: int = 1 << 30) -> int:
     """Make allocations beyond what the machine has free fail in this process, not in its neighbours."""
+    with open("/proc/self/oom_score_adj", "w") as f:  # and if memory runs out anyway, this process goes first
+        f.write("1000")
     with open("/proc/self/status") as f:
         vm_size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
     cap = vm_size + max(_available_bytes() - margin, 1 << 30)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return cap
 
 
 def _inputs(n_tokens: int):
@@ -92,8 +95,9 @@ def _step(variant: str, h_s, w_s, h_t, w_t, labels, chunk_size: int) -> float:
 
             loss = GKDTrainer.generalized_jsd_loss(s_logits, t_logits[..., :V_STUDENT], labels=None, beta=0,
                                                    temperature=TEMPERATURE)
+        del s_logits, t_logits  # as a careful training step does: backward keeps only autograd's saved tensors
     loss.backward()
-    return float(loss)
+    return loss.item()
 
 
 def worker(variant: str, n_tokens: int, chunk_size: int, repeats: int) -> dict:
@@ -110,26 +114,60 @@ def worker(variant: str, n_tokens: int, chunk_size: int, repeats: int) -> dict:
             w_t[:1000], labels[:, :65] % 1000)
     _step(variant, *tiny, chunk_size)
     del tiny
-    _cap_address_space()
+    cap = _cap_address_space()
     baseline = _peak_rss()
-    seconds, loss = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        loss = _step(variant, h_s, w_s, h_t, w_t, labels, chunk_size)
-        seconds.append(time.perf_counter() - t0)
-        h_s.grad = w_s.grad = None
+    seconds, cpu_seconds, loss = [], [], None
+    load_before = os.getloadavg()[0]
+    try:
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            loss = _step(variant, h_s, w_s, h_t, w_t, labels, chunk_size)
+            seconds.append(time.perf_counter() - t0)
+            cpu_seconds.append(time.process_time() - c0)
+            h_s.grad = w_s.grad = None
+    except RuntimeError as e:  # the address-space cap turns running out of memory into this
+        return {"error": str(e).splitlines()[0][:300], "address_space_cap_bytes": cap,
+                "peak_bytes_before_failure": _peak_rss() - baseline}
     return {"peak_bytes": _peak_rss() - baseline, "seconds": statistics.median(seconds), "seconds_all": seconds,
-            "loss": loss, "threads": torch.get_num_threads()}
+            "cpu_seconds": statistics.median(cpu_seconds), "loss": loss, "threads": torch.get_num_threads(),
+            "load_average_1min": [load_before, os.getloadavg()[0]]}
 
 
-def _run_variant(python: str, variant: str, args) -> dict:
-    cmd = [python, str(Path(__file__).resolve()), "--variant", variant, "--n-tokens", str(args.n_tokens),
+def _run_variant(python: str, variant: str, n_tokens: int, args) -> dict:
+    cmd = [python, str(Path(__file__).resolve()), "--variant", variant, "--n-tokens", str(n_tokens),
            "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRL_EXPERIMENTAL_SILENCE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _compare(previous: dict, args, n_tokens: int) -> dict:
+    """Run ``args.variants`` at one N over ``previous`` results (kept for the others), plus chunked / naive."""
+    out = dict(previous)
+    for variant in args.variants:
+        if variant == "trl" and not args.trl_python:
+            out[variant] = {"skipped": "trl not installed (pass --trl-python)"}
+            continue
+        python = args.trl_python if variant == "trl" else sys.executable
+        out[variant] = {**_run_variant(python, variant, n_tokens, args),
+                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    naive, chunked = out.get("naive", {}), out.get("chunked", {})
+    out.pop("chunked_over_naive", None)
+    if "peak_bytes" in naive and "peak_bytes" in chunked:
+        out["chunked_over_naive"] = {k: chunked[k] / naive[k] for k in ("peak_bytes", "seconds", "cpu_seconds")}
+    return out
+
+
+def _previous(args) -> dict:
+    """The existing results file, when --update re-runs only some variants into it."""
+    if not args.update:
+        return {}
+    old = json.loads(args.out.read_text())
+    if (old["setting"]["n_tokens"], old["setting"]["chunk_size"]) != (args.n_tokens, args.chunk_size):
+        raise SystemExit(f"--update: {args.out} was measured with another --n-tokens or --chunk-size")
+    return old
 
 
 def _versions(trl_python: str | None) -> dict:
@@ -150,30 +188,44 @@ def main() -> None:
     parser.add_argument("--n-tokens", type=int, default=4096)
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs after a small warm-up (median)")
+    parser.add_argument("--small-n-tokens", type=int, default=1024, help="also compare at this N (0: don't)")
     parser.add_argument("--trl-python", help="interpreter of a venv with trl installed; trl is skipped without")
+    parser.add_argument("--variants", default="naive,chunked,trl", help="comma-separated subset to run")
+    parser.add_argument("--update", action="store_true", help="keep --out's results for the variants not run")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(worker(args.variant, args.n_tokens, args.chunk_size, args.repeats)))
         return
-    results = {v: _run_variant(sys.executable, v, args) for v in ("naive", "chunked")}
-    results["trl"] = (_run_variant(args.trl_python, "trl", args) if args.trl_python
-                      else {"skipped": "trl not installed (pass --trl-python)"})
-    naive, chunked = results["naive"], results["chunked"]
-    if "peak_bytes" in naive and "peak_bytes" in chunked:
-        results["chunked_over_naive"] = {"peak_bytes": chunked["peak_bytes"] / naive["peak_bytes"],
-                                         "seconds": chunked["seconds"] / naive["seconds"]}
+    args.variants = args.variants.split(",")
+    old = _previous(args)
+    main_keys = ("naive", "chunked", "trl", "chunked_over_naive")
+    results = _compare({k: old[k] for k in main_keys if k in old}, args, args.n_tokens)
+    if args.small_n_tokens:  # where the full-logit variants all fit, for a like-for-like comparison
+        small = old.get("at_small_n", {})
+        if small.get("n_tokens") != args.small_n_tokens:
+            small = {"n_tokens": args.small_n_tokens}
+        results["at_small_n"] = _compare(small, args, args.small_n_tokens)
+    elif "at_small_n" in old:
+        results["at_small_n"] = old["at_small_n"]
     results["setting"] = {"n_tokens": args.n_tokens, "vocab_student": V_STUDENT, "vocab_teacher": V_TEACHER,
                           "hidden_student": H_STUDENT, "hidden_teacher": H_TEACHER, "dtype": "float32",
                           "device": "cpu", "temperature": TEMPERATURE, "alpha": ALPHA, "divergence": "forward_kl",
                           "chunk_size": args.chunk_size, "batch": "1 sequence of N + 1 positions, all N counted",
                           "step": "forward + backward, grads w.r.t. student hidden states and head weight"}
-    results["protocol"] = (f"each variant in a fresh process; a 64-token warm-up, then {args.repeats} timed "
-                           f"run(s) at N = {args.n_tokens}, seconds = median wall time of the forward + backward "
-                           f"(logit matmuls included). peak_bytes: {PEAK_MEANS} trl computes the KD term only "
-                           "(no CE), divided by the batch size (1) rather than the token count.")
+    results["protocol"] = (
+        f"each variant in a fresh process; a 64-token warm-up on a 1,000-token vocabulary, then {args.repeats} "
+        "timed run(s) of the forward + backward (logit matmuls included); seconds = median wall time, cpu_seconds = "
+        "median process CPU time (user + sys; steadier than wall time when other jobs share the cores, see "
+        f"load_average_1min before/after). peak_bytes: {PEAK_MEANS} Each worker's address space is capped near "
+        "the memory free when it starts, so a variant that does not fit reports an error instead of swapping or "
+        "being OOM-killed. at_small_n repeats the comparison at a smaller N where every variant fits. trl computes "
+        "the KD term only (no CE), summed over tokens and divided by the batch size (1). `command` lists every "
+        "invocation that wrote this file (--update re-runs some variants and keeps the rest); results written by "
+        "a later invocation carry measured_at.")
     results["versions"] = _versions(args.trl_python)
-    results["command"] = " ".join(["python", "benchmarks/kd_loss_memory.py"] + [shlex.quote(a) for a in sys.argv[1:]])
+    command = " ".join(["python", "benchmarks/kd_loss_memory.py"] + [shlex.quote(a) for a in sys.argv[1:]])
+    results["command"] = old.get("command", []) + [command] if args.update else [command]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

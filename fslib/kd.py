@@ -28,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fslib.kd_chunked import fused_linear_kd
+from fslib.kd_chunked import forward_kl_and_ce, fused_linear_kd, grad_by_autograd
 
 IGNORE_INDEX = -100
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd")
 # A finite stand-in for log(0): with it, a zero-probability entry contributes 0 * finite = 0 to a KL sum, where
 # log(0) = -inf would give 0 * inf = NaN.
 _LOG_FLOOR = torch.finfo(torch.float32).min
+_ROW_BLOCK = 512  # rows per block where a KL value is summed blockwise (see _kl)
 
 
 @dataclass
@@ -59,11 +60,29 @@ class KDLoss:
 # ---------------------------------------------------------------- divergences, per token, from log-probabilities
 
 
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot product (N, C), (N, C) -> (N,) as a batched matmul, so no (N, C) product is allocated."""
+    return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+
+
 def _kl(lp_p: Tensor, lp_q: Tensor) -> Tensor:
-    """KL(p || q) per row: (N, C), (N, C) -> (N,)."""
-    # F.kl_div(input, target) computes KL(target || input): the target is the distribution the expectation is
-    # taken under, so KL(p || q) passes q first. With log_target=True it is exp(lp_p) * (lp_p - lp_q).
-    return F.kl_div(lp_q, lp_p, reduction="none", log_target=True).sum(-1)
+    """KL(p || q) = sum p * (log p - log q) per row: (N, C), (N, C) -> (N,).
+
+    Rows with p = 0 (log p at the floor) contribute 0 x finite = 0. Where p is a constant (the teacher), only
+    p itself is kept for backward: the value is summed in row blocks, so no whole (N, C) difference or product
+    exists, and the gradient comes from -sum p log q, the only term that depends on q. That matters at
+    V = 151,936; writing the value as sum p log p - sum p log q instead would lose ~1e-5 to cancellation.
+    """
+    p = lp_p.exp()
+    if lp_p.requires_grad:
+        return _rowdot(p, lp_p - lp_q)
+    value = torch.empty(p.shape[:-1], dtype=p.dtype, device=p.device)
+    with torch.no_grad():
+        for i in range(0, p.shape[0], _ROW_BLOCK):
+            rows = slice(i, i + _ROW_BLOCK)
+            value[rows] = _rowdot(p[rows], lp_p[rows] - lp_q[rows])
+    cross = _rowdot(p, lp_q)
+    return value + (cross.detach() - cross)  # adds exactly 0, and the gradient of -sum p log q
 
 
 def _log_mixture(lp_t: Tensor, lp_s: Tensor, w_t: float) -> Tensor:
@@ -157,8 +176,8 @@ def _teacher_log_probs(logits: Tensor, temperature: float, *, overwrite: bool = 
 
 def _ce_sum(logits: Tensor, targets: Tensor) -> Tensor:
     """Summed cross-entropy at T = 1 over rows: (N, V) float32, (N,) -> 0-dim."""
-    # Same value as F.cross_entropy(reduction="sum"), but logsumexp keeps only its (N,) result for backward, where
-    # cross_entropy would keep a second (N, V) log-softmax.
+    # Same value as F.cross_entropy(reduction="sum"), but for backward logsumexp keeps its input, which exists
+    # anyway, and its (N,) result, where cross_entropy would keep a second (N, V) log-softmax.
     picked = logits.gather(1, targets[:, None]).squeeze(1)
     return (torch.logsumexp(logits, dim=-1) - picked).sum()
 
@@ -174,11 +193,12 @@ def _combine(kd_sum: Tensor, ce_sum: Tensor, n_tokens: int, temperature: float, 
 def _student_sums(s: Tensor, lp_t: Tensor, targets: Tensor, temperature: float, alpha: float, divergence: str,
                   beta: float) -> tuple[Tensor, Tensor]:
     """(kd sum, ce sum) from student logits (N, V) float32 and teacher log-probs (N, V)."""
+    ce_sum = _ce_sum(s, targets)  # first, so that its (N, V) temporary is gone before the divergence's exist
     # With alpha = 0 the divergence is only logged, so it gets no graph (the SFT baseline saves its memory).
     with torch.set_grad_enabled(torch.is_grad_enabled() and alpha > 0):
         lp_s = F.log_softmax(s / temperature, dim=-1)
         kd_sum = token_divergence(lp_s, lp_t, divergence, beta).sum()
-    return kd_sum, _ce_sum(s, targets)
+    return kd_sum, ce_sum
 
 
 # ---------------------------------------------------------------- public losses
@@ -228,16 +248,20 @@ def chunked_kd_loss(student_hidden: Tensor, student_head_weight: Tensor, teacher
     vocab = _shared_vocab(student_head_weight.shape[0], teacher_head_weight.shape[0], vocab_size)
     mask, targets = _shifted_targets(labels, vocab)
     n = targets.numel()
+    w_kd, w_ce = alpha * temperature**2 / max(n, 1), (1 - alpha) / max(n, 1)
+    by_hand = divergence == "forward_kl" or (divergence in ("jsd", "skew_kl") and beta == 0)
 
-    def chunk_sums(z_s: Tensor, z_t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def chunk_fn(z_s: Tensor, z_t: Tensor, y: Tensor, need_grad: bool):
         lp_t = _teacher_log_probs(z_t, temperature, overwrite=True)  # z_t is this chunk's own buffer
-        return _student_sums(z_s, lp_t, y, temperature, alpha, divergence, beta)
+        if by_hand:
+            return forward_kl_and_ce(z_s, lp_t, y, temperature, w_kd, w_ce, need_grad)
+        sums = (lambda z: _student_sums(z, lp_t, y, temperature, alpha, divergence, beta))  # noqa: E731
+        return grad_by_autograd(z_s, sums, w_kd, w_ce, need_grad)
 
     loss, kd_sum, ce_sum = fused_linear_kd(
         student_hidden[:, :-1][mask], student_head_weight, student_head_bias,
         teacher_hidden[:, :-1][mask], teacher_head_weight, teacher_head_bias,
-        targets, chunk_sums, w_kd=alpha * temperature**2 / max(n, 1), w_ce=(1 - alpha) / max(n, 1),
-        chunk_size=chunk_size, vocab=vocab)
+        targets, chunk_fn, w_kd=w_kd, w_ce=w_ce, chunk_size=chunk_size, vocab=vocab)
     return KDLoss(loss, kd_sum / max(n, 1), ce_sum / max(n, 1), n)
 
 

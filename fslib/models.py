@@ -143,11 +143,16 @@ def build_embedded(name: str, root: str | Path, corpus: list[str]) -> Path:
 
 
 def resolve_model(name: str, embedded_root: str | Path, corpus_fn=None) -> str:
-    """A hub id or folder is returned as is; ``embedded:<preset>`` is built (once) and its folder returned."""
-    if not is_embedded(name):
+    """A hub id or folder is returned as is; ``embedded:<preset>`` is built (once) and its folder returned;
+    ``random-init:<preset>`` (real-size shapes, random weights: speed and memory only) is in ``fslib.presets``."""
+    from fslib import presets
+
+    if not is_embedded(name) and not presets.is_random_init(name):
         return name
     if corpus_fn is None:
         from fslib.synth import corpus_text as corpus_fn
+    if presets.is_random_init(name):
+        return str(presets.resolve(name, embedded_root, corpus_fn()))
     return str(build_embedded(name, embedded_root, corpus_fn()))
 
 

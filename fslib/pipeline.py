@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from fslib import config, report
+from fslib import config, report, site
 
 
 def run(params_file: str | Path, *, notebooks_dir: str | Path | None = None, stages=config.NOTEBOOKS,
@@ -39,7 +39,8 @@ def run(params_file: str | Path, *, notebooks_dir: str | Path | None = None, sta
     if errors:
         raise RuntimeError(f"error outputs in executed notebooks: {errors}")
     html = report.render_html(executed, out / "index.html", title=f"FirstSight report — {run_name}")
-    print(f"report: {html}\nmetrics: {out / 'metrics.json'}")
+    index = site.render_index(reports_dir)
+    print(f"report: {html}\nmetrics: {out / 'metrics.json'}\nall runs: {index}")
     return html
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import html
-import re
 from pathlib import Path
 
 import matplotlib
 
+# Off-screen drawing: figures are returned and shown by the notebook (fslib/__init__ renders them as PNG).
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-STAGE_TITLES = {"01_data": "1. Data", "02_distill": "2. Distillation", "03_evaluate": "3. Evaluation",
-                "04_publish": "4. Publishing"}
+
+def _done(fig):
+    """Release pyplot's handle (no "too many figures" warning across a long notebook); the Figure still renders."""
+    plt.close(fig)
+    return fig
 
 
 def plot_training(histories: dict[str, dict]):
@@ -30,7 +33,7 @@ def plot_training(histories: dict[str, dict]):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    return fig
+    return _done(fig)
 
 
 def plot_lr_throughput(histories: dict[str, dict]):
@@ -46,7 +49,7 @@ def plot_lr_throughput(histories: dict[str, dict]):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return fig
+    return _done(fig)
 
 
 def gallery(records: list[dict], answers: dict[str, list[str]] | None = None, *, n: int = 8, cols: int = 4):
@@ -63,7 +66,7 @@ def gallery(records: list[dict], answers: dict[str, list[str]] | None = None, *,
             lines.append(f"{name}: {preds[i]}")
         ax.set_title("\n".join(_wrap(x) for x in lines), fontsize=8, loc="left")
     fig.tight_layout()
-    return fig
+    return _done(fig)
 
 
 def _strip(rec: dict):
@@ -89,34 +92,11 @@ def comparison_table(metrics: dict, columns: list[str]):
 
 
 def render_html(executed: list[Path], out_file: Path, *, title: str) -> Path:
-    """Join executed notebooks into one self-contained HTML: code hidden, figures embedded, nothing fetched."""
-    import nbformat
-    from nbconvert import HTMLExporter
+    """Join executed notebooks into one self-contained HTML: contents, headline metrics, the stages with code
+    hidden and figures embedded, then params and environment. Nothing is fetched (see ``fslib.site``)."""
+    from fslib import site
 
-    joined = nbformat.v4.new_notebook(metadata=nbformat.read(executed[0], as_version=4).metadata)
-    joined.cells.append(nbformat.v4.new_markdown_cell(f"# {title}"))
-    for path in executed:
-        nb = nbformat.read(path, as_version=4)
-        joined.cells.append(nbformat.v4.new_markdown_cell(f"# {STAGE_TITLES.get(path.stem, path.stem)}"))
-        for cell in nb.cells:
-            if "injected-parameters" in cell.metadata.get("tags", []) or cell.cell_type == "raw":
-                continue
-            joined.cells.append(cell)
-    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
-    exporter.require_js_url = ""
-    exporter.mathjax_url = ""
-    body, _ = exporter.from_notebook_node(joined)
-    body = _strip_remote(body)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(body)
-    return out_file
-
-
-def _strip_remote(body: str) -> str:
-    """Remove any <script src=http…> or <link href=http…> so the page renders fully offline."""
-    body = re.sub(r"<script[^>]+src=\"https?://[^\"]*\"[^>]*>\s*</script>", "", body)
-    return re.sub(r"<link[^>]+href=\"https?://[^\"]*\"[^>]*>", "", body)
+    return site.render_run(executed, out_file, title=title)
 
 
 def errors_in(executed: list[Path]) -> list[str]:

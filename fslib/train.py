@@ -1,135 +1,194 @@
-"""The distillation loop: a frozen teacher, a trained student, one loss from ``fslib.kd``.
+"""The distillation loop: a frozen teacher (or its offline cache), a trained student, one loss from ``fslib.kd``.
 
-Runs on accelerate, so the same code runs on a CPU, one GPU (bf16 autocast) or several. The loop itself is short:
-it calls named helpers for a step, an evaluation and a save.
+Runs on accelerate, so the same code runs on a CPU, one GPU (bf16 autocast) or several processes (DDP, FSDP,
+DeepSpeed; see ``fslib.train_cli`` and configs/accelerate). The loop is short: it calls named helpers for a step, an
+evaluation and the saves.
+
+Data order is a function of (seed, epoch) alone, and every process takes its slice of each global batch
+(``EpochBatchSampler``), so a run resumed mid-epoch skips exactly the micro-batches it had consumed, and N processes
+with per-process batch B see the same global batches as one process with batch N x B.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import shutil
+import random
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from fslib import kd
+from fslib import checkpoint, kd
 from fslib.config import write_json
+from fslib.forward import LossSpec, batch_loss  # noqa: F401  (batch_loss is looked up here at call time)
+from fslib.trainsetup import OOM_HINT, Run, answer_tokens, peak_memory, setup, teacher_in_eval
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of a permutation seeded by ``seed + epoch``; each of ``world`` processes takes one contiguous slice of
+    every global batch of ``batch_size * world`` indices. ``set_epoch(e, skip)`` starts epoch e after ``skip`` global
+    batches. A last global batch too small to give every process a sample is dropped (it would stall DDP)."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int):
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world, self.epoch, self.skip = 0, 1, 1, 0
+
+    def shard(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _global_batches(self) -> list[list[int]]:
+        order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+                 if self.shuffle else torch.arange(self.n)).tolist()
+        size = self.batch_size * self.world
+        batches = [order[i:i + size] for i in range(0, self.n, size)]
+        return [b for b in batches if len(b) >= self.world]
+
+    def __iter__(self):
+        for batch in self._global_batches()[self.skip:]:
+            per, extra = divmod(len(batch), self.world)  # near-equal slices when the last batch is short
+            start = self.rank * per + min(self.rank, extra)
+            yield batch[start:start + per + (self.rank < extra)]
+
+    def __len__(self) -> int:
+        return len(self._global_batches())
+
+
+class _WithRecords:
+    """The collator's batch plus its records (on-policy sampling re-collates them with the student's answers)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, records):
+        return {**self.collator(records), "records": records}
 
 
 def make_loader(records: list, collator, *, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(records, batch_size=batch_size, shuffle=shuffle, collate_fn=collator, generator=g,
-                      num_workers=0)
-
-
-def _to(inputs, device):
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-
-
-def batch_loss(student, teacher, batch: dict, *, temperature: float, alpha: float, device) -> kd.KDLoss:
-    """Forward both models on the *whole* processor output (pixels included) and combine with ``kd_loss``."""
-    inputs = _to(batch["inputs"], device)
-    labels = batch["labels"].to(device)
-    s_logits = student(**inputs).logits
-    if teacher is None:  # plain fine-tuning (SFT baseline, teacher preparation): CE only
-        return kd.kd_loss(s_logits, s_logits.detach(), labels, temperature=temperature, alpha=0.0)
-    with torch.no_grad():
-        t_logits = teacher(**inputs).logits
-    return kd.kd_loss(s_logits, t_logits, labels, temperature=temperature, alpha=alpha)
+    sampler = EpochBatchSampler(len(records), batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(records, batch_sampler=sampler, collate_fn=_WithRecords(collator), num_workers=0)
 
 
 @torch.no_grad()
-def evaluate_loss(student, teacher, loader, *, temperature: float, alpha: float, device) -> dict:
-    """Token-weighted mean of loss, KD and CE over a loader."""
+def evaluate_loss(student, teacher, loader, *, temperature: float, alpha: float, device, acc=None, **loss) -> dict:
+    """Token-weighted mean of loss, KD and CE over a loader (summed over every process when ``acc`` is given)."""
     was_training = student.training
     student.eval()
-    sums, n = {"loss": 0.0, "kd": 0.0, "ce": 0.0}, 0
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, kd, ce (token-weighted sums) and tokens
     for batch in loader:
-        out = batch_loss(student, teacher, batch, temperature=temperature, alpha=alpha, device=device)
-        for key in sums:
-            sums[key] += getattr(out, key).item() * out.n_tokens
-        n += out.n_tokens
+        out = batch_loss(student, teacher, batch, temperature=temperature, alpha=alpha, device=device, **loss)
+        sums += torch.tensor([out.loss.item() * out.n_tokens, out.kd.item() * out.n_tokens,
+                              out.ce.item() * out.n_tokens, out.n_tokens], dtype=torch.float64)
     student.train(was_training)
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    sums = _reduce(acc, sums)
+    return {k: float(v / max(sums[3], 1)) for k, v in zip(("loss", "kd", "ce"), sums[:3])}
 
 
-def save_checkpoint(model, processor, out: Path) -> Path:
-    """``save_pretrained`` into a temporary folder, then rename: a checkpoint is never half-written."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
-
-
-def _optimizer_and_schedule(model, *, lr, weight_decay, warmup_ratio, total_steps):
-    from transformers import get_cosine_schedule_with_warmup
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, int(warmup_ratio * total_steps), total_steps)
-    return opt, sched
-
-
-def _accelerator():
-    from accelerate import Accelerator
-
-    # bf16 autocast only where a GPU is present; on CPU the tiny models train in fp32.
-    return Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+def _reduce(acc, t: torch.Tensor) -> torch.Tensor:
+    if acc is None or acc.num_processes == 1:
+        return t
+    return acc.reduce(t.to(acc.device), reduction="sum").cpu()
 
 
 def train(student, teacher, processor, train_loader, val_loader, *, out_dir, epochs: int, grad_accum: int,
           lr: float, warmup_ratio: float, weight_decay: float, max_grad_norm: float, temperature: float,
-          alpha: float, gradient_checkpointing: bool = False, label: str = "student") -> dict:
-    """Train ``student`` (against ``teacher``, or on labels alone when it is None); save best and final.
+          alpha: float, gradient_checkpointing: bool = False, label: str = "student", divergence: str = "forward_kl",
+          beta: float = 0.5, kd_impl: str = "full", kd_chunk_size: int = 1024, cache=None, save_every: int = 0,
+          resume: bool = False, report_to: str = "none", onpolicy: dict | None = None, settings: dict | None = None,
+          seed: int = 0) -> dict:
+    """Train ``student`` against ``teacher`` (a frozen model), ``cache`` (its offline top-k logits) or the labels
+    alone (both None); save ``best`` (lowest validation loss) and ``final`` to ``out_dir``; return the history.
 
-    Gradient accumulation groups ``grad_accum`` micro-batches per optimizer step; the last group of an epoch may be
-    smaller and is stepped at the epoch's end, so no micro-batch spills into the next epoch.
+    ``grad_accum`` micro-batches make an optimizer step; the epoch's last step may hold fewer, so no micro-batch
+    spills into the next epoch. Every ``save_every`` optimizer steps and at every epoch's end the full training
+    state is saved to ``out_dir/checkpoint``; ``resume=True`` continues from it (from where a SIGKILL left it).
+    ``onpolicy`` = {lambda, max_new_tokens, temperature, collator}: GKD-style student-sampled answers scored by the
+    teacher, for a share lambda of the micro-batches.
     """
-    out_dir = Path(out_dir)
-    acc = _accelerator()
-    if gradient_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    steps_per_epoch = math.ceil(len(train_loader) / grad_accum)
-    opt, sched = _optimizer_and_schedule(student, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                                         total_steps=epochs * steps_per_epoch)
-    student, opt, sched = acc.prepare(student, opt, sched)
-    if teacher is not None:
-        teacher.to(acc.device)
-    kw = dict(temperature=temperature, alpha=alpha, device=acc.device)
-    history = {"label": label, "steps": [], "epochs": [], "best_val_loss": None}
-    step, best = 0, math.inf
-    for epoch in range(1, epochs + 1):
-        student.train()
-        bar = tqdm(total=steps_per_epoch, desc=f"{label} epoch {epoch}/{epochs}", leave=False)
-        for group in _groups(train_loader, grad_accum):
-            record = _optimizer_step(acc, student, teacher, opt, sched, group, max_grad_norm, kw)
-            step += 1
-            history["steps"].append({"step": step, "epoch": epoch, **record})
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-            bar.update()
-        bar.close()
-        val = evaluate_loss(student, teacher, val_loader, **kw)
-        history["epochs"].append({"epoch": epoch, "step": step, **{f"val_{k}": v for k, v in val.items()},
-                                  **_epoch_train_means(history["steps"], epoch)})
-        if val["loss"] < best:
-            best = val["loss"]
-            history["best_val_loss"] = best
-            history["best_epoch"] = epoch
-            save_checkpoint(acc.unwrap_model(student), processor, out_dir / "best")
-        write_json(out_dir / "training_history.json", history)
-    save_checkpoint(acc.unwrap_model(student), processor, out_dir / "final")
-    history["peak_memory_bytes"] = _peak_memory()
-    write_json(out_dir / "training_history.json", history)
-    return history
+    spec = LossSpec(temperature, alpha, divergence, beta, kd_impl, kd_chunk_size)
+    run = setup(student, teacher, processor, train_loader, val_loader, out_dir=Path(out_dir), epochs=epochs,
+                grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
+                max_grad_norm=max_grad_norm, spec=spec, cache=cache, save_every=save_every, resume=resume,
+                report_to=report_to, onpolicy=onpolicy, label=label, seed=seed, settings=settings or {},
+                gradient_checkpointing=gradient_checkpointing)
+    if run.done:
+        return run.history
+    for epoch in range(run.epoch, epochs + 1):
+        _train_epoch(run, epoch)
+        _end_epoch(run, epoch)
+    return _finish(run)
+
+
+def _train_epoch(run: Run, epoch: int) -> None:
+    skip = run.position if epoch == run.epoch else 0  # optimizer steps of this epoch already done before a resume
+    run.train_loader.batch_sampler.set_epoch(epoch, skip=skip * run.grad_accum)
+    run.student.train()
+    teacher_in_eval(run.teacher)
+    bar = tqdm(total=run.steps_per_epoch, initial=skip, desc=f"{run.label} epoch {epoch}/{run.epochs}",
+               leave=False, disable=not run.acc.is_local_main_process)
+    for i, group in enumerate(_groups(run.train_loader, run.grad_accum), start=skip + 1):
+        try:
+            record = _optimizer_step(run, group)
+        except torch.OutOfMemoryError as e:
+            raise torch.OutOfMemoryError(f"{e}\n{OOM_HINT}") from e
+        run.step += 1
+        run.history["steps"].append({"step": run.step, "epoch": epoch, **record})
+        run.acc.log({f"train/{k}": v for k, v in record.items()}, step=run.step)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+        bar.update()
+        if run.save_every and run.step % run.save_every == 0 and i < run.steps_per_epoch:
+            _save_resume(run, epoch, i)
+    bar.close()
+
+
+def _end_epoch(run: Run, epoch: int) -> None:
+    val = evaluate_loss(run.student, run.teacher, run.val_loader, device=run.acc.device, acc=run.acc, cache=run.cache,
+                        **run.loss_kwargs())
+    run.history["epochs"].append({"epoch": epoch, "step": run.step, **{f"val_{k}": v for k, v in val.items()},
+                                  **_epoch_train_means(run.history["steps"], epoch), "peak_memory_bytes": peak_memory()})
+    run.acc.log({f"val/{k}": v for k, v in val.items()}, step=run.step)
+    if val["loss"] < run.best:
+        run.best = val["loss"]
+        run.history.update(best_val_loss=run.best, best_epoch=epoch)
+        _save_model(run, "best")
+    if run.acc.is_main_process:
+        write_json(run.out_dir / "training_history.json", run.history)
+    _save_resume(run, epoch + 1, 0, done=epoch == run.epochs)
+
+
+def _finish(run: Run) -> dict:
+    _save_model(run, "final")
+    run.history["peak_memory_bytes"] = peak_memory()
+    if run.acc.is_main_process:
+        write_json(run.out_dir / "training_history.json", run.history)
+    _save_resume(run, run.epochs + 1, 0, done=True)
+    run.acc.end_training()
+    return run.history
+
+
+def _save_model(run: Run, name: str) -> None:
+    """``best`` / ``final`` as plain from_pretrained folders (LoRA merged), written atomically by the main process."""
+    from fslib import student as student_lib
+
+    state = run.acc.get_state_dict(run.student)  # a collective under FSDP / ZeRO-3: every process calls it
+    if run.acc.is_main_process:
+        out = run.out_dir / name
+        tmp = checkpoint.fresh_tmp(out)
+        student_lib.save_pretrained(run.acc.unwrap_model(run.student), state, run.processor, tmp)
+        checkpoint.swap_in(tmp, out)
+    run.acc.wait_for_everyone()
+
+
+def _save_resume(run: Run, epoch: int, position: int, done: bool = False) -> None:
+    state = {"epoch": epoch, "position": position, "step": run.step, "best": run.best, "done": done,
+             "history": run.history, "settings": run.settings, "settings_hash": checkpoint.settings_hash(run.settings)}
+    checkpoint.save_resume(run.acc, run.out_dir, state)
+    run.last_checkpoint = f"{run.out_dir / checkpoint.RESUME_DIR} (step {run.step})"
 
 
 def _groups(loader, grad_accum: int):
@@ -144,54 +203,59 @@ def _groups(loader, grad_accum: int):
         yield group
 
 
-def _optimizer_step(acc, student, teacher, opt, sched, group, max_grad_norm, kw) -> dict:
-    """One optimizer step over a group of micro-batches, weighting each by its answer tokens.
+def _micro_loss(run: Run, batch: dict, micro: int) -> kd.KDLoss:
+    """One micro-batch's loss; with probability lambda (GKD) the batch is first answered by the student itself."""
+    onpolicy, alpha = run.onpolicy, None
+    if onpolicy and random.Random(f"{run.seed}-{run.step}-{micro}").random() < onpolicy["lambda"]:
+        from fslib import seqkd
 
-    The loss is a mean over answer tokens, so each micro-batch's mean is scaled by its share of the group's
-    tokens: the accumulated gradient is then exactly that of the mean over every answer token in the group.
+        batch = seqkd.onpolicy_batch(run.acc.unwrap_model(run.student), batch, onpolicy["collator"],
+                                     max_new_tokens=onpolicy["max_new_tokens"], temperature=onpolicy["temperature"],
+                                     device=run.acc.device)
+        alpha = 1.0  # the student's own samples have no reference: divergence only, as in GKD
+    return batch_loss(run.student, run.teacher, batch, device=run.acc.device, cache=run.cache,
+                      **run.loss_kwargs(alpha))
+
+
+def _optimizer_step(run: Run, group: list[dict]) -> dict:
+    """One optimizer step over a group of micro-batches (on every process), weighting each by its answer tokens.
+
+    The loss is a mean over answer tokens, so each micro-batch's mean is scaled by its share n_b / N of the tokens
+    of the whole global step (N summed over processes first). DDP, FSDP and ZeRO average gradients over the W
+    processes, so the scale is W * n_b / N: the result is exactly the gradient of the mean over every answer token.
     """
-    t0 = time.perf_counter()
-    total_tokens = sum(int((b["labels"][:, 1:] != kd.IGNORE_INDEX).sum()) for b in group)
-    sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
+    acc, t0 = run.acc, time.perf_counter()
+    n_global = float(_reduce(acc, torch.tensor([float(sum(answer_tokens(b) for b in group))]))[0])
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, kd, ce (token-weighted), input tokens, samples
     for i, batch in enumerate(group):
-        ctx = acc.no_sync(student) if i < len(group) - 1 else _nullcontext()
-        with ctx, acc.autocast():
-            out = batch_loss(student, teacher, batch, **kw)
-            weight = out.n_tokens / max(total_tokens, 1)
-            acc.backward(out.loss * weight)
-        for key in sums:
-            sums[key] += getattr(out, key).item() * weight
-    if not all(math.isfinite(v) for v in sums.values()):
-        raise FloatingPointError(f"non-finite loss {sums}; the last good checkpoint is kept. Lower the learning "
-                                 "rate or check the data")
-    grad_norm = float(acc.clip_grad_norm_(student.parameters(), max_grad_norm))
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
+        last = i == len(group) - 1
+        acc.gradient_state._set_sync_gradients(last)  # DeepSpeed steps at the boundary; others skip the all-reduce
+        with (contextlib.nullcontext() if last else acc.no_sync(run.student)), acc.autocast():
+            out = _micro_loss(run, batch, i)
+            acc.backward(out.loss * (out.n_tokens * acc.num_processes / max(n_global, 1.0)))
+        n = out.n_tokens
+        sums += torch.tensor([out.loss.item() * n, out.kd.item() * n, out.ce.item() * n,
+                              float(batch["inputs"]["attention_mask"].sum()), len(batch["ids"])], dtype=torch.float64)
+    sums = _reduce(acc, sums)
+    loss, kd_, ce = (float(v / max(n_global, 1.0)) for v in sums[:3])
+    if not all(math.isfinite(v) for v in (loss, kd_, ce)):
+        raise FloatingPointError(f"non-finite loss at step {run.step + 1} (loss={loss}, kd={kd_}, ce={ce}); stopped "
+                                 f"before the update. Last good checkpoint: {run.last_checkpoint}. Lower the learning "
+                                 "rate or check the data, then resume")
+    grad_norm = acc.clip_grad_norm_(run.student.parameters(), run.max_grad_norm)
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - t0
-    tokens = sum(int(b["inputs"]["attention_mask"].sum()) for b in group)
-    return {**sums, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm, "answer_tokens": total_tokens,
-            "tokens_per_s": tokens / seconds, "seconds": seconds}
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
+    return {"loss": loss, "kd": kd_, "ce": ce, "lr": run.sched.get_last_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None, "answer_tokens": int(n_global),
+            "tokens_per_s": float(sums[3]) / seconds, "samples_per_s": float(sums[4]) / seconds, "seconds": seconds}
 
 
 def _epoch_train_means(steps: list, epoch: int) -> dict:
     rows = [s for s in steps if s["epoch"] == epoch]
     n = sum(r["answer_tokens"] for r in rows) or 1
     return {f"train_{k}": sum(r[k] * r["answer_tokens"] for r in rows) / n for k in ("loss", "kd", "ce")}
-
-
-def _peak_memory() -> int:
-    if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
 def write_training_summary(out_dir, histories: dict, *, teacher_path: str, student_path: str, params: dict) -> dict:
@@ -204,8 +268,9 @@ def write_training_summary(out_dir, histories: dict, *, teacher_path: str, stude
         models["sft_student"] = {"path": str(out_dir / "sft_student" / "best"), "role": "SFT-only student"}
     models["base_student"] = {"path": str(student_path), "role": "student's starting weights"}
     keys = ("epochs", "batch_size", "grad_accum", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm",
-            "temperature", "alpha", "gradient_checkpointing", "teacher_quantization", "teacher_dtype", "student_dtype",
-            "seed")
+            "temperature", "alpha", "divergence", "beta", "kd_impl", "kd_chunk_size", "teacher_cache",
+            "teacher_cache_topk", "gradient_checkpointing", "student_lora", "freeze_vision", "teacher_quantization",
+            "teacher_dtype", "student_dtype", "n_unlabelled", "onpolicy_lambda", "num_processes", "seed")
     summary = {"models": models, "teacher_model": params["teacher_model"], "student_model": params["student_model"],
                "embedded": params["student_model"].startswith("embedded:"),
                "training": {k: params[k] for k in keys if k in params},

@@ -54,3 +54,52 @@ def pixels():
 def small_splits():
     return synth.build_synthetic(seed=3, n_train=12, n_val=4, n_test=6, n_ood=2, image_size=112,
                                  video_fraction=0.34, video_frames=4)
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(small_splits, tmp_path_factory):
+    """``small_splits`` saved as the DatasetDict folder 01 writes (for the benchmark worker and 03's helpers)."""
+    from fslib import data
+
+    out = tmp_path_factory.mktemp("data") / "data"
+    data.save_dataset(small_splits, out, card={"seed": 3})
+    return out
+
+
+# --- One tiny pipeline run per session, shared by the end-to-end, report, publishing and token-leak tests. ---
+
+FAKE_HF_TOKEN = "hf_FAKE_token_for_leak_test_1234"
+TINY_RUN = {"n_train": 16, "n_val": 4, "n_test": 6, "n_ood": 2, "teacher_epochs": 1, "epochs": 1, "batch_size": 4,
+            "bench_repeats": 2, "bench_warmup": 1}
+# Smaller speed sweep when 03 offers these knobs: the student's INT8/NF4 variants are kept (04 publishes them).
+TINY_RUN_OPTIONAL = {"bench_batch_sizes": [1], "bench_variants": ["student:int8", "student:nf4"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Run all four notebooks once, as `make report` does, with HF_TOKEN set to a fake token and push false.
+
+    Returns the run folder (``<tmp>/e2e``); its parent also holds ``index.html`` (all runs).
+    """
+    import os
+
+    import yaml
+
+    from fslib import config, pipeline
+
+    root = tmp_path_factory.mktemp("runs")
+    declared = config.declared_params()
+    params = {"run_name": "e2e", "reports_dir": str(root), **TINY_RUN,
+              **{k: v for k, v in TINY_RUN_OPTIONAL.items() if k in declared}}
+    pfile = root / "e2e.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    saved = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = FAKE_HF_TOKEN  # every kernel and subprocess of the run inherits it
+    try:
+        pipeline.run(pfile)
+    finally:
+        if saved is None:
+            os.environ.pop("HF_TOKEN", None)
+        else:
+            os.environ["HF_TOKEN"] = saved
+    return root / "e2e"

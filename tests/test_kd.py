@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fslib.kd
 from fslib.kd import DIVERGENCES, KDLoss, chunked_kd_loss, kd_loss, topk_kd_loss
 
 B, L, V = 2, 7, 11
@@ -36,6 +37,8 @@ def _counted(logits, labels):
 
 def _ref_kl(s, t, labels, temperature):
     """KL(p_t || p_s) mean over counted tokens, straight from F.kl_div."""
+    # F.kl_div(input, target) computes KL(target || input): the expectation is under the target, so the teacher
+    # goes second.
     lp_s = F.log_softmax(_counted(s, labels) / temperature, -1)
     lp_t = F.log_softmax(_counted(t, labels) / temperature, -1)
     return F.kl_div(lp_s, lp_t, log_target=True, reduction="sum") / lp_s.shape[0]
@@ -50,7 +53,10 @@ def _probs(s, t, labels, temperature):
 def test_identical_logits_give_zero_kd(rng, divergence):
     s, labels = _logits(rng), _labels(rng)
     out = kd_loss(s, s.clone(), labels, divergence=divergence, beta=0.3)
-    assert abs(float(out.kd)) < 1e-6
+    assert abs(out.kd.item()) < 1e-6
+    h, w = torch.randn(B, L, 4, generator=rng), torch.randn(V, 4, generator=rng)
+    chunked = chunked_kd_loss(h, w, h.clone(), w.clone(), labels, divergence=divergence, beta=0.3, chunk_size=3)
+    assert abs(chunked.kd.item()) < 1e-6
 
 
 def test_value_computed_by_hand():
@@ -90,6 +96,16 @@ def test_forward_and_reverse_kl_match_kl_div(rng, temperature):
     torch.testing.assert_close(fwd.kd, _ref_kl(s, t, labels, temperature))
     rev = kd_loss(s, t, labels, temperature=temperature, alpha=1.0, divergence="reverse_kl")
     torch.testing.assert_close(rev.loss, temperature**2 * _ref_kl(t, s, labels, temperature))
+
+
+def test_teacher_kl_summed_in_row_blocks(rng, monkeypatch):
+    # the constant-teacher KL value is summed a block of rows at a time; blocks must not change it
+    s, t, labels = _logits(rng).requires_grad_(True), _logits(rng), _labels(rng)
+    whole = kd_loss(s, t, labels, alpha=1.0)
+    monkeypatch.setattr(fslib.kd, "_ROW_BLOCK", 2)
+    blocks = kd_loss(s, t, labels, alpha=1.0)
+    torch.testing.assert_close(blocks.kd, _ref_kl(s, t, labels, 3.0))
+    torch.testing.assert_close(torch.autograd.grad(blocks.loss, [s])[0], torch.autograd.grad(whole.loss, [s])[0])
 
 
 def test_jsd_endpoints_follow_trl(rng):
@@ -264,6 +280,35 @@ def test_chunked_equals_unchunked(rng, divergence, chunk_size):
     assert out.n_tokens == ref.n_tokens
     for g, g_ref in zip(torch.autograd.grad(out.loss, [h_s, w_s]), torch.autograd.grad(ref.loss, [h_s, w_s])):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_chunked_forward_kl_gradient_by_hand(rng, alpha):
+    # forward_kl (and its aliases jsd/skew_kl with beta = 0) takes the hand-written gradient; check every weighting
+    h_s, w_s, _, h_t, w_t, _ = _heads(rng)
+    labels = _labels(rng)
+    ref = kd_loss(h_s @ w_s.T, h_t @ w_t.T, labels, alpha=alpha)
+    for divergence in ("forward_kl", "jsd", "skew_kl"):
+        out = chunked_kd_loss(h_s, w_s, h_t, w_t, labels, alpha=alpha, divergence=divergence, beta=0.0,
+                              chunk_size=3)
+        torch.testing.assert_close(out.loss, ref.loss.detach(), rtol=1e-5, atol=1e-7)
+        for g, g_ref in zip(torch.autograd.grad(out.loss, [h_s, w_s]),
+                            torch.autograd.grad(ref.loss, [h_s, w_s], retain_graph=True)):
+            torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_bf16_heads(rng):
+    h_s, w_s, _, h_t, w_t, _ = _heads(rng)
+    h_s, w_s = h_s.detach().bfloat16().requires_grad_(True), w_s.detach().bfloat16().requires_grad_(True)
+    h_t, w_t, labels = h_t.bfloat16(), w_t.bfloat16(), _labels(rng)
+    ref = kd_loss(h_s @ w_s.T, h_t @ w_t.T, labels)
+    out = chunked_kd_loss(h_s, w_s, h_t, w_t, labels, chunk_size=4)
+    assert out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss, ref.loss.detach(), rtol=1e-2, atol=1e-3)
+    grads = torch.autograd.grad(out.loss, [h_s, w_s])
+    for g, g_ref, x in zip(grads, torch.autograd.grad(ref.loss, [h_s, w_s]), (h_s, w_s)):
+        assert g.dtype == x.dtype == torch.bfloat16
+        torch.testing.assert_close(g.float(), g_ref.float(), rtol=2e-2, atol=2e-3)
 
 
 def test_chunked_with_bias_and_without_grad(rng):

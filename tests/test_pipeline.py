@@ -3,19 +3,14 @@
 import json
 
 import pytest
-import yaml
 
 from fslib import config, pipeline
+from test_publish import assert_card_matches
 
 
 @pytest.mark.slow
-def test_four_notebooks_end_to_end(tmp_path):
-    params = {"run_name": "e2e", "reports_dir": str(tmp_path), "n_train": 16, "n_val": 4, "n_test": 6, "n_ood": 2,
-              "teacher_epochs": 1, "epochs": 1, "batch_size": 4, "bench_repeats": 2, "bench_warmup": 1}
-    pfile = tmp_path / "e2e.yaml"
-    pfile.write_text(yaml.safe_dump(params))
-    html = pipeline.run(pfile)
-    run = tmp_path / "e2e"
+def test_four_notebooks_end_to_end(tiny_run):
+    run = tiny_run
     metrics = json.loads((run / "metrics.json").read_text())
     for name in ("teacher", "student"):
         assert {"params", "exact_match", "f1", "latency_s"} <= set(metrics["models"][name])
@@ -25,11 +20,19 @@ def test_four_notebooks_end_to_end(tmp_path):
         nb = json.loads((run / "notebooks" / f"{stage}.ipynb").read_text())
         assert not nb["metadata"]["papermill"].get("exception")
     for f in ("data_stats.json", "training.json", "kd_student/training_history.json", "hub/README.md",
-              "hub/model.safetensors"):
+              "hub/model.safetensors", "hub/config.json", "hub/generation_config.json", "hub/chat_template.jinja",
+              "index.html", "../index.html"):
         assert (run / f).exists(), f
-    text = html.read_text()
+    # The published folders: their cards carry metrics.json's numbers (04 already loaded each in a fresh process).
+    assert_card_matches((run / "hub" / "README.md").read_text(), metrics, "student")
+    for name, m in metrics["models"].items():
+        if m.get("variant_of") == "student":
+            assert_card_matches((run / f"hub-{name}" / "README.md").read_text(), metrics, name)
+    nb04 = (run / "notebooks" / "04_publish.ipynb").read_text()
+    assert "ANSWER:" in nb04 and "push is false: nothing uploaded" in nb04
+    text = (run / "index.html").read_text()
     assert "data:image/png;base64" in text and "Traceback" not in text
-    assert "<script src=\"http" not in text
+    assert "<script" not in text
 
 
 def test_bad_params_file_fails_before_any_work(tmp_path, capsys):

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from fslib import collate, models, train
+from fslib import checkpoint, collate, forward, models, train
 
 
 @pytest.fixture()
@@ -29,11 +29,14 @@ def test_kd_training_saves_best_final_and_history(tmp_path, student_path, teache
     # 10 samples / batch 2 = 5 micro-batches; accumulation 2 -> 3 optimizer steps per epoch (the last holds one)
     assert [s["epoch"] for s in hist["steps"]] == [1, 1, 1, 2, 2, 2]
     assert all(s["kd"] > 0 and s["ce"] > 0 for s in hist["steps"])
+    assert all(s["samples_per_s"] > 0 and s["tokens_per_s"] > 0 for s in hist["steps"])
     for name in ("best", "final"):
         reloaded = models.load_model(str(tmp_path / name))
         assert reloaded.config.get_text_config().vocab_size == models.load_model(student_path).config.get_text_config().vocab_size
         assert (tmp_path / name / "processor_config.json").exists()
-    assert json.loads((tmp_path / "training_history.json").read_text())["epochs"][-1]["epoch"] == 2
+    saved = json.loads((tmp_path / "training_history.json").read_text())
+    assert saved["epochs"][-1]["epoch"] == 2 and saved["epochs"][-1]["peak_memory_bytes"] > 0
+    assert checkpoint.read_resume(tmp_path)["done"]
     # the teacher is never updated
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
@@ -43,6 +46,22 @@ def test_leftover_micro_batches_do_not_spill(loaders):
     assert [len(g) for g in groups] == [2, 2, 1]
     groups = list(train._groups(loaders[0], 4))
     assert [len(g) for g in groups] == [4, 1]
+
+
+def test_data_order_is_per_epoch_resumable_and_shards_global_batches():
+    def batches(epoch, skip=0, rank=0, world=1, batch=2):
+        s = train.EpochBatchSampler(11, batch, shuffle=True, seed=5)
+        s.shard(rank, world)
+        s.set_epoch(epoch, skip)
+        return list(s)
+
+    assert batches(1) == batches(1) and batches(1) != batches(2)
+    assert batches(1, skip=2) == batches(1)[2:]
+    assert sorted(i for b in batches(3) for i in b) == list(range(11))
+    # two processes with batch 2 see, together, the single process's batches of 4 (the short last one split 2 + 1)
+    one = batches(1, batch=4)
+    two = [a + b for a, b in zip(batches(1, rank=0, world=2), batches(1, rank=1, world=2))]
+    assert one == two
 
 
 def test_accumulation_equals_one_big_batch(student_path, processor, pixels, small_splits):
@@ -63,14 +82,90 @@ def test_accumulation_equals_one_big_batch(student_path, processor, pixels, smal
     assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
-def test_nan_loss_stops_with_clear_error(tmp_path, student_path, processor, loaders, monkeypatch):
-    real = train.batch_loss
+def _grads(model, teacher, batch, **kw):
+    model.zero_grad()
+    out = forward.batch_loss(model, teacher, batch, temperature=2.0, alpha=0.6, device="cpu", **kw)
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    def poisoned(*a, **k):
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "jsd"])
+def test_chunked_kd_gives_the_training_gradients_of_full_logits(student_path, teacher_path, processor, pixels,
+                                                               small_splits, divergence):
+    """kd_impl chunked (hidden states + lm_head, 3 tokens per chunk) = full logits, on the padded teacher vocab."""
+    teacher = models.load_model(teacher_path, frozen=True)
+    student = models.load_model(student_path)
+    v_t, v_s = (m.get_output_embeddings().weight.shape[0] for m in (teacher, student))
+    assert v_t > v_s  # the teacher's output layer is padded further, as in the real pair
+    batch = collate.VQACollator(processor, pixels)(small_splits["train"][:3])  # images and a clip
+    full, g_full = _grads(student, teacher, batch, divergence=divergence)
+    chunked, g_chunk = _grads(student, teacher, batch, divergence=divergence, kd_impl="chunked", kd_chunk_size=3)
+    assert full.n_tokens == chunked.n_tokens > 3
+    assert chunked.loss.item() == pytest.approx(full.loss.item(), rel=1e-5)
+    assert chunked.kd.item() == pytest.approx(full.kd.item(), rel=1e-4)
+    assert g_full.keys() == g_chunk.keys() and len(g_full) == len(list(student.parameters()))
+    for name in g_full:
+        assert torch.allclose(g_full[name], g_chunk[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_chunked_ce_only_equals_full(student_path, processor, pixels, small_splits):
+    student = models.load_model(student_path)
+    batch = collate.VQACollator(processor, pixels)(small_splits["train"][:2])
+    full, g_full = _grads(student, None, batch)
+    chunked, g_chunk = _grads(student, None, batch, kd_impl="chunked", kd_chunk_size=2)
+    assert chunked.loss.item() == pytest.approx(full.loss.item(), rel=1e-5)
+    assert full.loss.item() == pytest.approx(full.ce.item(), rel=1e-6)  # alpha 0 without a teacher: CE alone
+    assert full.kd.item() == pytest.approx(0, abs=1e-6) and chunked.kd.item() == pytest.approx(0, abs=1e-6)
+    assert all(torch.allclose(g_full[n], g_chunk[n], atol=1e-6, rtol=1e-4) for n in g_full)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, student_path, processor, loaders,
+                                                                        monkeypatch):
+    real, calls = train.batch_loss, {"n": 0}
+
+    def poisoned(*a, **k):  # micro-batches 1-4 are fine (optimizer steps 1 and 2); the fifth is NaN
         out = real(*a, **k)
-        out.loss = out.loss * float("nan")
+        calls["n"] += 1
+        if calls["n"] == 5:
+            out.loss = out.loss * float("nan")
         return out
 
     monkeypatch.setattr(train, "batch_loss", poisoned)
-    with pytest.raises(FloatingPointError, match="non-finite loss"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3.*checkpoint \(step 2\)"):
+        _run(student_path, None, processor, loaders, tmp_path, epochs=2, save_every=1)
+    state = checkpoint.read_resume(tmp_path)
+    assert (state["step"], state["epoch"], state["position"]) == (2, 1, 2)
+    weights = models.load_model(str(tmp_path / "checkpoint")).state_dict()
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert not (tmp_path / "final").exists()
+
+
+def test_out_of_memory_names_the_params_to_change(tmp_path, student_path, processor, loaders, monkeypatch):
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(train, "batch_loss", oom)
+    with pytest.raises(torch.OutOfMemoryError) as err:
         _run(student_path, None, processor, loaders, tmp_path, epochs=1)
+    for param in ("batch_size", "grad_accum", "kd_chunk_size", "teacher_quantization", "gradient_checkpointing"):
+        assert param in str(err.value)
+
+
+def test_onpolicy_batch_trains_on_the_students_samples(tmp_path, student_path, teacher_path, processor, pixels,
+                                                       small_splits):
+    from fslib import seqkd
+
+    col = collate.VQACollator(processor, pixels)
+    student = models.load_model(student_path)
+    batch = train.make_loader(small_splits["train"][:2], col, batch_size=2, shuffle=False, seed=0).__iter__().__next__()
+    torch.manual_seed(1)
+    sampled = seqkd.onpolicy_batch(student, batch, col, max_new_tokens=4, temperature=1.0, device="cpu")
+    assert [r["question"] for r in sampled["records"]] == [r["question"] for r in batch["records"]]
+    assert [r["answer"] for r in sampled["records"]] != [r["answer"] for r in batch["records"]]
+    # lambda 1: every micro-batch is the student's own; KD only, so the loss equals alpha-free T^2 * KD
+    loaders = [train.make_loader(small_splits[s][:4], col, batch_size=2, shuffle=False, seed=0) for s in ("train", "val")]
+    hist = train.train(student, models.load_model(teacher_path, frozen=True), processor, *loaders, out_dir=tmp_path,
+                       epochs=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
+                       temperature=2.0, alpha=0.5,
+                       onpolicy={"lambda": 1.0, "max_new_tokens": 4, "temperature": 1.0, "collator": col})
+    assert all(s["loss"] == pytest.approx(4.0 * s["kd"], rel=1e-5) for s in hist["steps"])

@@ -1,0 +1,99 @@
+"""Atomic checkpoints: model folders (``best``, ``final``) and the resume state (``checkpoint``).
+
+Every folder is written under ``<name>.tmp`` and then renamed into place, so a reader never sees half of one. POSIX
+cannot rename a folder over a non-empty one, so the old folder is first renamed to ``<name>.old``; ``recover`` puts
+it back if a crash fell between the two renames. Hence ``best``, ``final`` and ``checkpoint`` are always either the
+complete old or the complete new version.
+
+The resume state is accelerate's ``save_state`` (model, optimizer, scheduler, and every process's python, numpy,
+torch and CUDA RNG states; sharded as FSDP and DeepSpeed need) plus ``trainer_state.json``: where in which epoch the
+run stopped, the history so far, and a hash of the settings, so a resume with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+RESUME_DIR = "checkpoint"
+STATE_FILE = "trainer_state.json"
+
+
+def recover(out: Path) -> None:
+    """Undo a crash between the two renames of ``swap_in``: ``out.old`` without ``out`` becomes ``out`` again."""
+    out = Path(out)
+    old = out.with_name(out.name + ".old")
+    if old.exists() and not out.exists():
+        old.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(out.with_name(out.name + ".tmp"), ignore_errors=True)
+
+
+def fresh_tmp(out: Path) -> Path:
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def swap_in(tmp: Path, out: Path) -> Path:
+    """Rename the finished ``tmp`` folder to ``out`` (see the module docstring for why there are two renames)."""
+    out = Path(out)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    Path(tmp).rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_resume(acc, out_dir: Path, state: dict) -> Path:
+    """``out_dir/checkpoint``: accelerate's full training state and ``trainer_state.json``, written atomically.
+
+    Every process calls this (FSDP and DeepSpeed write shards, every process its RNG file); the main process renames.
+    """
+    out = Path(out_dir) / RESUME_DIR
+    tmp = out.with_name(out.name + ".tmp")
+    if acc.is_main_process:
+        fresh_tmp(out)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp), safe_serialization=True)
+    if acc.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state, default=str) + "\n")
+        swap_in(tmp, out)
+    acc.wait_for_everyone()
+    return out
+
+
+def read_resume(out_dir: Path) -> dict | None:
+    """The saved ``trainer_state.json``, or None when there is no complete checkpoint."""
+    out = Path(out_dir) / RESUME_DIR
+    recover(out)
+    f = out / STATE_FILE
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def load_resume(acc, out_dir: Path, settings: dict) -> dict | None:
+    """Restore the training state saved by ``save_resume``; None when there is none. Refuses other settings."""
+    state = read_resume(out_dir)
+    if state is None:
+        return None
+    if state["settings_hash"] != settings_hash(settings):
+        changed = sorted(k for k in set(settings) | set(state["settings"])
+                         if str(settings.get(k)) != str(state["settings"].get(k)))
+        raise ValueError(f"{Path(out_dir) / RESUME_DIR} was written with other settings ({', '.join(changed)}); "
+                         "resume with the same settings, or set resume to False to start over")
+    acc.load_state(str(Path(out_dir) / RESUME_DIR))
+    return state
+
+
+def clear(out_dir: Path) -> None:
+    """Forget a previous run's resume state (a run with ``resume: false`` starts over)."""
+    for suffix in ("", ".tmp", ".old"):
+        shutil.rmtree(Path(out_dir) / (RESUME_DIR + suffix), ignore_errors=True)

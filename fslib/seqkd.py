@@ -1,0 +1,113 @@
+"""Sequence-level and on-policy distillation.
+
+* Sequence-level KD (Kim & Rush 2016): the teacher answers unlabelled questions (greedy), and the student is trained
+  on those answers with the usual token-level loss against the teacher's distributions (seq-KD plus token KD).
+  Records whose answer is None are unlabelled (``fslib.data`` loaders produce them); for the synthetic default an
+  extra pool of unlabelled scenes is built from a different master seed, so it is disjoint from train, val and test
+  by construction (``fslib.synth.scene_seed``).
+* On-policy mixing (GKD, Agarwal et al. 2024): with probability lambda, a micro-batch's answers are replaced by the
+  student's own samples, which the teacher then scores; the loss on them is the divergence alone (no reference).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from fslib import cache, checkpoint
+
+POOL_SEED_OFFSET = 100_003  # master seed of the unlabelled pool: seed + this (never the data's own seed)
+_SYNTH_KEYS = ("image_size", "max_objects", "clutter", "video_fraction", "video_frames")
+
+
+def split_labelled(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(labelled, unlabelled): a record with answer None has no reference and can only be answered by the teacher."""
+    return [r for r in records if r.get("answer") is not None], [r for r in records if r.get("answer") is None]
+
+
+def synthetic_pool(n: int, *, data_params: dict, seed: int) -> list[dict]:
+    """``n`` unlabelled synthetic scenes rendered with 01's settings (``data_params``, from data_stats.json)."""
+    if n <= 0:
+        return []
+    from fslib import synth
+
+    missing = [k for k in _SYNTH_KEYS if k not in data_params]
+    if missing:
+        raise ValueError(f"the data was not built by fslib.synth (no {missing} in its params): an unlabelled "
+                         "pool cannot be rendered; add records with answer None to your own data instead")
+    kw = {k: data_params[k] for k in _SYNTH_KEYS}
+    recs = synth.build_synthetic(seed=seed + POOL_SEED_OFFSET, n_train=n, n_val=0, n_test=0, n_ood=0, **kw)["train"]
+    return [{**r, "id": f"unlabelled-{i:06d}", "split": "unlabelled", "answer": None, "aliases": []}
+            for i, r in enumerate(recs)]
+
+
+def _fingerprint(ref, collator, records, max_new_tokens: int) -> str:
+    parts = {"teacher": {n: d["sha256"] for n, d in cache.teacher_digest(ref).items()}, "dtype": ref.dtype,
+             "quantization": ref.quantization, "records": cache.records_digest(records),
+             "processor": cache.processor_digest(collator), "max_new_tokens": max_new_tokens}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def teacher_answers(ref, collator, records: list[dict], folder, *, max_new_tokens: int = 16,
+                    batch_size: int = 8) -> tuple[list[dict], bool]:
+    """The teacher's greedy answers to ``records``, as labelled records (``answered_by: teacher``).
+
+    Stored in ``folder`` (answers.json, and data/: a dataset folder a launched training process reads) under a
+    fingerprint of (teacher, records, processor, max_new_tokens): rerunning reuses them without loading the teacher.
+    Returns (records, regenerated).
+    """
+    from fslib import data, evaluate
+
+    folder = Path(folder)
+    checkpoint.recover(folder)
+    if not records:
+        return [], False
+    fp = _fingerprint(ref, collator, records, max_new_tokens)
+    saved = folder / "answers.json"
+    if saved.exists() and json.loads(saved.read_text())["fingerprint"] == fp:
+        answers, regenerated = json.loads(saved.read_text())["answers"], False
+    else:
+        gen = dataclasses.replace(collator, train=False)
+        texts = evaluate.generate_answers(ref.load(), gen, records, batch_size=batch_size,
+                                          max_new_tokens=max_new_tokens, desc="teacher answers")
+        answers, regenerated = {r["id"]: t for r, t in zip(records, texts)}, True
+    answered = [{**r, "answer": answers[r["id"]], "answered_by": "teacher"} for r in records]
+    if regenerated or not (folder / "data").exists():
+        tmp = checkpoint.fresh_tmp(folder)
+        tmp.mkdir(parents=True)
+        data.save_dataset({"train": answered}, tmp / "data", card={"answered_by": "teacher", "fingerprint": fp})
+        (tmp / "answers.json").write_text(json.dumps({"fingerprint": fp, "answers": answers}, indent=1))
+        checkpoint.swap_in(tmp, folder)
+    return answered, regenerated
+
+
+@torch.no_grad()
+def sample_answers(model, records: list[dict], collator, *, max_new_tokens: int, temperature: float,
+                   device) -> list[str]:
+    """The student's own sampled answers (multinomial at ``temperature``); the torch RNG makes them reproducible."""
+    gen = dataclasses.replace(collator, train=False)
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in gen(records)["inputs"].items()}
+    was_training = model.training
+    model.eval()
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                         top_k=0, top_p=1.0)
+    model.train(was_training)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    return [a.strip() for a in collator.processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def onpolicy_batch(model, batch: dict, collator, *, max_new_tokens: int, temperature: float, device) -> dict:
+    """``batch`` with every answer replaced by the student's sample, re-collated (labels on the sampled tokens).
+
+    The sample is decoded and re-tokenised, so its tokens can differ from the sampled ids where BPE merges
+    differently; the teacher scores the re-tokenised text, which is what the student is then trained on.
+    """
+    records = batch["records"]
+    answers = sample_answers(model, records, collator, max_new_tokens=max_new_tokens, temperature=temperature,
+                             device=device)
+    sampled = [{**r, "answer": a} for r, a in zip(records, answers)]
+    return {**collator(sampled), "records": sampled}

@@ -1,0 +1,119 @@
+"""Offline teacher cache (top-k logits per answer token) and teacher answers for unlabelled questions."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fslib import cache, collate, forward, models, seqkd, train
+
+
+@pytest.fixture()
+def collator(processor, pixels):
+    return collate.VQACollator(processor, pixels)
+
+
+@pytest.fixture()
+def records(small_splits):
+    return small_splits["train"][:5]  # images and clips
+
+
+def _vocab(student_path):
+    return models.load_model(student_path).get_output_embeddings().weight.shape[0]
+
+
+def test_full_k_cache_reproduces_the_live_teacher_loss_and_gradients(tmp_path, teacher_path, student_path, collator,
+                                                                     records):
+    """With k = V the (k+1)-bucket loss is the full KD: the cached path equals the live teacher's (up to fp16)."""
+    vocab = _vocab(student_path)
+    tc, rebuilt = cache.ensure(cache.TeacherRef(teacher_path), collator, records, tmp_path / "c", k=vocab, vocab=vocab)
+    assert rebuilt and tc.k == vocab
+    teacher = models.load_model(teacher_path, frozen=True)
+    batch = collator([records[3], records[0], records[4]])  # not the order they were cached in
+    grads = []
+    for kw in ({"cache": tc}, {}):
+        student = models.load_model(student_path)
+        out = forward.batch_loss(student, None if kw else teacher, batch, temperature=2.0, alpha=0.5, device="cpu",
+                                 **kw)
+        out.loss.backward()
+        grads.append((out, torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])))
+    (cached, g_cached), (live, g_live) = grads
+    assert cached.n_tokens == live.n_tokens
+    assert cached.kd.item() == pytest.approx(live.kd.item(), rel=2e-3)
+    assert cached.ce.item() == pytest.approx(live.ce.item(), rel=1e-6)
+    assert torch.allclose(g_cached, g_live, atol=1e-4, rtol=1e-2)
+
+
+def test_cache_files_hold_fp16_values_int32_indices_and_every_answer_token(tmp_path, teacher_path, student_path,
+                                                                          collator, records):
+    vocab = _vocab(student_path)
+    tc, _ = cache.ensure(cache.TeacherRef(teacher_path), collator, records, tmp_path / "c", k=8, vocab=vocab)
+    shard = load_file(str(tmp_path / "c" / tc.meta["shards"][0]))
+    assert shard["values"].dtype == torch.float16 and shard["indices"].dtype == torch.int32
+    assert shard["values"].shape[1] == 8 and int(shard["indices"].max()) < vocab  # cut to the student's vocab
+    labels = collator(records)["labels"]
+    assert tc.meta["rows"] == int((labels[:, 1:] != -100).sum())
+    # the values are the teacher's largest logits, in order
+    assert bool((shard["values"][:, :-1] >= shard["values"][:, 1:]).all())
+
+
+def test_cache_is_reused_and_invalidated_by_any_input_change(tmp_path, teacher_path, student_path, collator, records):
+    vocab, folder = _vocab(student_path), tmp_path / "c"
+    cache.ensure(cache.TeacherRef(teacher_path), collator, records, folder, k=4, vocab=vocab)
+    ref = cache.TeacherRef(teacher_path)
+    _, rebuilt = cache.ensure(ref, collator, records, folder, k=4, vocab=vocab)
+    assert not rebuilt and ref._model is None  # a hit never loads the teacher
+    changed = [dict(records[0], answer=records[0]["answer"] + " x"), *records[1:]]
+    assert cache.ensure(ref, collator, changed, folder, k=4, vocab=vocab)[1]  # data
+    assert cache.ensure(ref, collator, changed, folder, k=5, vocab=vocab)[1]  # k
+    assert cache.ensure(cache.TeacherRef(teacher_path, dtype="bfloat16"), collator, changed, folder, k=5,
+                        vocab=vocab)[1]  # teacher settings
+    other = tmp_path / "teacher2"
+    shutil.copytree(teacher_path, other)
+    weights = load_file(str(other / "model.safetensors"))
+    name = next(k for k in weights if "lm_head" in k)
+    weights[name] = weights[name] + 0.01
+    save_file(weights, str(other / "model.safetensors"), metadata={"format": "pt"})
+    assert cache.ensure(cache.TeacherRef(str(other)), collator, changed, folder, k=5, vocab=vocab)[1]  # weights
+    assert not cache.ensure(cache.TeacherRef(str(other)), collator, changed, folder, k=5, vocab=vocab)[1]
+
+
+def test_stale_rows_are_refused(tmp_path, teacher_path, student_path, collator, records):
+    tc, _ = cache.ensure(cache.TeacherRef(teacher_path), collator, records, tmp_path / "c", k=4,
+                         vocab=_vocab(student_path))
+    n = tc.index[records[0]["id"]][2]
+    with pytest.raises(cache.CacheMismatchError, match="stale"):
+        tc.rows([records[0]["id"]], [n + 1])
+    with pytest.raises(cache.CacheMismatchError, match="not in the teacher cache"):
+        tc.rows(["nope"], [1])
+
+
+def test_training_from_the_cache_runs_without_a_teacher(tmp_path, teacher_path, student_path, processor, collator,
+                                                        small_splits):
+    recs = small_splits["train"][:4] + small_splits["val"][:2]
+    tc, _ = cache.ensure(cache.TeacherRef(teacher_path), collator, recs, tmp_path / "c", k=8,
+                         vocab=_vocab(student_path))
+    loaders = [train.make_loader(r, collator, batch_size=2, shuffle=True, seed=0) for r in (recs[:4], recs[4:])]
+    hist = train.train(models.load_model(student_path), None, processor, *loaders, out_dir=tmp_path / "run",
+                       epochs=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
+                       temperature=2.0, alpha=0.5, cache=tc)
+    assert all(s["kd"] > 0 and s["ce"] > 0 for s in hist["steps"])
+    assert hist["epochs"][0]["val_kd"] > 0
+
+
+def test_unlabelled_pool_is_disjoint_and_teacher_answers_are_cached(tmp_path, teacher_path, collator, small_splits):
+    params = dict(image_size=112, max_objects=3, clutter=2, video_fraction=0.34, video_frames=4)
+    pool = seqkd.synthetic_pool(3, data_params=params, seed=3)
+    seen = {r["scene_seed"] for split in small_splits.values() for r in split}
+    assert len(pool) == 3 and all(r["answer"] is None for r in pool)
+    assert not seen & {r["scene_seed"] for r in pool}
+    labelled, unlabelled = seqkd.split_labelled(small_splits["train"][:2] + pool)
+    assert len(labelled) == 2 and unlabelled == pool
+    answered, regenerated = seqkd.teacher_answers(cache.TeacherRef(teacher_path), collator, pool, tmp_path / "s",
+                                                  max_new_tokens=3, batch_size=3)
+    assert regenerated and all(isinstance(r["answer"], str) for r in answered)
+    assert (tmp_path / "s" / "data").is_dir()
+    ref = cache.TeacherRef(teacher_path)
+    again, regenerated = seqkd.teacher_answers(ref, collator, pool, tmp_path / "s", max_new_tokens=3)
+    assert not regenerated and ref._model is None and again == answered

@@ -1,0 +1,34 @@
+"""Two gloo processes (launched exactly as 02_distill launches them) match one process with the same global batch."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fslib import train_cli
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data_dir, student_path, teacher_path,
+                                                            pixels):
+    job = train_cli.Job(label="kd", out_dir=str(tmp_path / "one"), student_path=student_path,
+                        data_dir=str(small_data_dir), teacher_path=teacher_path, pixels=pixels, max_length=256,
+                        batch_size=4, grad_accum=1, epochs=1, lr=2e-3, seed=0)
+    one = train_cli.run(job)
+    # 2 processes x micro-batch 2 = the global batch of 4 above; configs/accelerate/ddp.yaml runs gloo on CPU
+    two = train_cli.launch(job.but(out_dir=str(tmp_path / "two"), batch_size=2), num_processes=2,
+                           config_file="configs/accelerate/ddp.yaml", timeout=600)
+    assert two["settings"]["processes"] == 2 and one["settings"]["processes"] == 1
+    assert len(one["steps"]) == len(two["steps"]) == 3  # 12 records / global batch 4
+    for a, b in zip(one["steps"], two["steps"]):
+        assert a["answer_tokens"] == b["answer_tokens"]  # the same samples in every global step
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["kd"] == pytest.approx(b["kd"], rel=1e-4)
+    assert one["epochs"][0]["val_loss"] == pytest.approx(two["epochs"][0]["val_loss"], rel=1e-5)
+    w1 = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    start = load_file(str(student_path) + "/model.safetensors")
+    assert max((w1[k] - start[k]).abs().max() for k in w1) > 1e-3  # training moved the weights
+    worst = max((w1[k] - w2[k]).abs().max() for k in w1)
+    assert worst < 1e-5, worst
+    assert json.loads((tmp_path / "two" / "job.json").read_text())["batch_size"] == 2

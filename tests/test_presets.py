@@ -1,0 +1,83 @@
+"""Real-size presets: exact parameter counts built on the meta device (nothing allocated), and the tiny path."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fslib import models, presets, synth
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("preset, total, vocab", [("qwen2-vl-2b", 2_208_985_600, 151_936),
+                                                  ("qwen2-vl-7b", 8_291_375_616, 152_064)])
+def test_real_sizes_match_the_published_counts(preset, total, vocab):
+    cfg = presets.config(preset)
+    counts = presets.meta_counts(cfg)
+    assert counts["params"] == total == presets.PRESETS[preset]["params"]
+    assert cfg.get_text_config().vocab_size == vocab
+    # The vision tower: 32 blocks of width 1280 and a merger into the text width (675.8M for the 7B).
+    assert 665e6 < counts["params_vision"] < 676e6
+    assert counts["params_language"] == total - counts["params_vision"]
+
+
+def test_2b_ties_its_embeddings_and_7b_does_not():
+    from transformers import Qwen2VLForConditionalGeneration
+
+    for preset, tied in (("qwen2-vl-2b", True), ("qwen2-vl-7b", False)):
+        with torch.device("meta"):
+            model = Qwen2VLForConditionalGeneration(presets.config(preset))
+        same = model.get_input_embeddings().weight is model.get_output_embeddings().weight
+        assert same is tied, preset
+
+
+def test_small_vocab_preset_needs_its_tokenizer_ids():
+    with pytest.raises(ValueError, match="ids of its"):
+        presets.config("tiny")
+
+
+def test_unknown_preset_names_the_valid_ones():
+    with pytest.raises(ValueError, match="random-init:qwen2-vl-2b"):
+        presets.preset_of("random-init:qwen2-vl-72b")
+
+
+def test_resolve_writes_a_weightless_folder_that_loads_and_generates(tmp_path, pixels, small_splits):
+    from fslib import collate
+
+    folder = models.resolve_model("random-init:tiny", tmp_path, corpus_fn=synth.corpus_text)
+    assert presets.is_random_folder(folder) and not list(Path(folder).glob("*.safetensors"))
+    assert json.loads((Path(folder) / presets.MARKER).read_text())["weights"] == "random"
+    processor = models.load_processor(folder)
+    assert processor.image_processor.size["longest_edge"] == presets.REAL_MAX_PIXELS
+    model = presets.load(folder, dtype="float32")
+    inputs = collate.VQACollator(processor, pixels, train=False)(small_splits["test"][:1])["inputs"]
+    out = model.generate(**inputs, min_new_tokens=3, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke_run(tmp_path):
+    """The GPU script's own code path, on CPU with the tiny preset: every section runs and writes its JSON."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--preset", "tiny",
+           "--out", str(tmp_path), "--image-size", "112", "--new-tokens", "3", "--warmup", "1", "--repeats", "2",
+           "--batch-sizes", "1", "2", "--int8-repeats", "1", "--train-steps", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert res.returncode == 0, report["errors"] or res.stderr[-2000:]
+    sections = report["sections"]
+    assert set(sections) == {"env", "student_bf16", "teacher_bf16", "student_train_step", "teacher_int8"}
+    assert sections["student_bf16"]["generated_tokens"] == [3]
+    assert sections["teacher_int8"]["weights_bytes"] < sections["teacher_bf16"]["weights_bytes"]
+    assert sections["student_train_step"]["peak_bytes"] > 0
+
+
+def test_gpu_check_parses_its_arguments():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    args = gpu_check.parse_args(["--out", "/tmp/x"])
+    assert args.device == "cuda" and args.preset == "real" and args.batch_sizes == [1, 4, 16]

@@ -1,0 +1,53 @@
+"""README.md gets a newcomer from clone to report, and its generated blocks are current."""
+
+import json
+
+import pytest
+
+from fslib import config, readme
+
+TEXT = readme.README.read_text()
+
+
+def test_params_reference_is_current():
+    current = readme.current_block(TEXT, "params")
+    assert current == readme.params_reference().rstrip(), "README's params reference is stale: run `make readme`"
+    for key in config.declared_params():
+        assert f"| `{key}` |" in current
+
+
+def test_the_two_commands_with_cpu_times_and_results():
+    for cmd in ("make report", "make test"):
+        assert f"`{cmd}`" in TEXT
+    assert "minutes" in TEXT and "reports/tiny/index.html" in TEXT and "metrics.json" in TEXT
+
+
+@pytest.mark.parametrize("needle", [
+    "params/qwen2vl-7b-to-2b.yaml", "papermill", "scripts/slurm/distill.sbatch", "configs/accelerate/",
+    "accelerate launch", "environment.yml", "make lab", "make compare", "Troubleshooting", "out of memory", "NaN",
+    "reports/index.html", "HF_TOKEN", "git clone"])
+def test_covers(needle):
+    assert needle.lower() in TEXT.lower(), needle
+
+
+def test_headline_is_generated_not_typed():
+    block = readme.current_block(TEXT, "headline")
+    assert "make readme" in block and "metrics.json" in block
+
+
+def test_headline_block_reads_a_run(tiny_run):
+    block = readme.headline_block(tiny_run / "metrics.json")
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert f"{metrics['models']['student']['exact_match']:.3f}" in block
+    assert "| student | KD student |" in block
+
+
+def test_update_rewrites_only_the_marked_blocks(tmp_path, tiny_run):
+    path = tmp_path / "README.md"
+    path.write_text("intro\n<!-- BEGIN generated:params (make readme) -->\nSTALE-CONTENT\n<!-- END generated:params -->\n"
+                    "middle\n<!-- BEGIN generated:headline (make readme) -->\nSTALE-CONTENT\n<!-- END generated:headline -->\n"
+                    "end\n")
+    assert readme.update(path, tiny_run / "metrics.json") == ["params", "headline"]
+    text = path.read_text()
+    assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("end\n") and "STALE-CONTENT" not in text
+    assert readme.update(path, tiny_run / "metrics.json") == []

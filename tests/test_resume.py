@@ -1,0 +1,101 @@
+"""Exact resume: a training process killed with SIGKILL mid-epoch, after a checkpoint, then resumed, ends with the
+same weights as an uninterrupted run (bit for bit on CPU)."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fslib import checkpoint, train_cli
+
+# Runs one job; with a step number, the process SIGKILLs itself just before that optimizer step (so it dies in the
+# middle of an epoch, after the last checkpoint, with work done since that is lost).
+WORKER = """
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+from fslib import train, train_cli
+kill_at = int(sys.argv[2])
+if kill_at:
+    real = train._optimizer_step
+    def step(run, group):
+        if run.step + 1 == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(run, group)
+    train._optimizer_step = step
+train_cli.run(json.loads(open(sys.argv[1]).read()))
+"""
+
+
+@pytest.fixture()
+def job(tmp_path, small_data_dir, student_path, teacher_path, pixels):
+    # 12 train records, micro-batch 2, accumulation 2: 3 optimizer steps per epoch, 6 in all; a checkpoint every 2
+    return train_cli.Job(label="kd", out_dir="", student_path=student_path, data_dir=str(small_data_dir),
+                         teacher_path=teacher_path, pixels=pixels, max_length=256, batch_size=2, grad_accum=2,
+                         epochs=2, lr=2e-3, save_every=2, seed=0)
+
+
+def _start(tmp_path, job, name, kill_at=0, resume=False):
+    spec = tmp_path / f"{name}.json"
+    spec.write_text(json.dumps(dataclasses.asdict(job.but(out_dir=str(tmp_path / name), resume=resume))))
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    return subprocess.Popen([sys.executable, str(worker), str(spec), str(kill_at)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc):
+    out, _ = proc.communicate(timeout=600)
+    return proc.returncode, out
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, job):
+    whole = _start(tmp_path, job, "whole")
+    killed = _start(tmp_path, job, "killed", kill_at=5)  # steps 1-4 done; checkpoint at step 4 (epoch 2, 1 step in)
+    rc, out = _finish(killed)
+    assert rc == -9, out[-3000:]
+    state = checkpoint.read_resume(tmp_path / "killed")
+    assert (state["epoch"], state["position"], state["step"], state["done"]) == (2, 1, 4, False)
+    assert not (tmp_path / "killed" / "final").exists()
+    rc, out = _finish(_start(tmp_path, job, "killed", resume=True))
+    assert rc == 0, out[-3000:]
+    rc, out = _finish(whole)
+    assert rc == 0, out[-3000:]
+    a = load_file(str(tmp_path / "whole" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    h_a = json.loads((tmp_path / "whole" / "training_history.json").read_text())
+    h_b = json.loads((tmp_path / "killed" / "training_history.json").read_text())
+    assert [s["loss"] for s in h_a["steps"]] == [s["loss"] for s in h_b["steps"]]
+    assert len(h_b["steps"]) == 6
+
+
+def test_resume_refuses_other_settings(tmp_path, job):
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    state = {"settings": {"lr": 1e-3}, "settings_hash": checkpoint.settings_hash({"lr": 1e-3})}
+    (tmp_path / checkpoint.RESUME_DIR).mkdir()
+    (tmp_path / checkpoint.RESUME_DIR / checkpoint.STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        checkpoint.load_resume(acc, tmp_path, {"lr": 2e-3})
+
+
+def test_swap_in_is_atomic_and_recovers(tmp_path):
+    out = tmp_path / "best"
+    for version in ("v1", "v2"):
+        tmp = checkpoint.fresh_tmp(out)
+        tmp.mkdir()
+        (tmp / "w").write_text(version)
+        checkpoint.swap_in(tmp, out)
+    assert (out / "w").read_text() == "v2" and not (tmp_path / "best.old").exists()
+    out.rename(tmp_path / "best.old")  # a crash between the two renames of swap_in
+    (tmp_path / "best.tmp").mkdir()  # and a half-written next version
+    checkpoint.recover(out)
+    assert (out / "w").read_text() == "v2" and not (tmp_path / "best.tmp").exists()
