@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -162,8 +163,6 @@ def peak_so_far(device: str) -> int:
     """GPU: bytes allocated at peak since the last reset; CPU: peak RSS of this process (Linux reports KiB)."""
     if device == "cuda":
         return torch.cuda.max_memory_allocated()
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -216,11 +215,12 @@ def _load(spec: dict, device: str):
 
 
 def image_records(records: list[dict], n: int) -> list[dict]:
-    """The first ``n`` image questions: every model and batch size sees the same real images."""
+    """``n`` image questions, the split's first ones, cycled if it has fewer: every model and batch size sees the
+    same real images."""
     images = [r for r in records if r.get("media", "image") == "image" and r.get("image") is not None]
-    if len(images) < n:
-        raise ValueError(f"need {n} image records for the largest batch size, the split has {len(images)}")
-    return images[:n]
+    if not images:
+        raise ValueError("the benchmark split has no image question")
+    return [images[i % len(images)] for i in range(n)]
 
 
 def worker(spec: dict) -> dict:
@@ -231,6 +231,8 @@ def worker(spec: dict) -> dict:
 
     device = spec.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(spec.get("seed", 0))
+    if device == "cpu" and spec.get("threads"):
+        torch.set_num_threads(spec["threads"])  # one thread is far less disturbed by other load on a shared machine
     if device == "cuda":
         torch.cuda.init()
         reset_peak(device)
@@ -262,6 +264,8 @@ def worker(spec: dict) -> dict:
                 model, col, splits[split], batch_size=spec["eval_batch_size"],
                 max_new_tokens=spec["max_new_tokens"], desc=f"{spec['name']} {split} {mode}")
     result["answer_s"] = time.perf_counter() - t0 - load_s - result["measure_s"]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime  # this process's CPU time, all threads
     return result
 
 
@@ -272,7 +276,8 @@ def protocol(results: dict, *, new_tokens: int, warmup: int, repeats: int, batch
 
     rows = list(results.values())
     device, name = rows[0]["device"], rows[0]["device_name"]
-    name = name if device == "cuda" else f"CPU, {rows[0].get('threads')} threads"
+    threads = rows[0].get("threads")
+    name = name if device == "cuda" else f"CPU, {threads} thread{'' if threads == 1 else 's'}"
     visual = sorted({r["visual_tokens"] for r in rows})
     size = "x".join(str(v) for v in rows[0]["image_size"])
     peak = ("torch.cuda.max_memory_allocated, reset per model and batch size" if device == "cuda" else

@@ -121,12 +121,17 @@ def inspect_page(html_file: str | Path, *, screenshot: str | Path | None = None)
                                if c.get("entry", {}).get("level", "error") == "error"]}
 
 
-def _screenshot(cdp: _CDP, path: Path, height: int) -> None:
-    """The whole page as one PNG (capped at 16,000 px, Chromium's texture limit)."""
-    clip = {"x": 0, "y": 0, "width": 1280, "height": min(height, 16000), "scale": 1}
-    shot = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True, clip=clip)
+def _screenshot(cdp: _CDP, path: Path, height: int, part: int = 16000) -> list[Path]:
+    """The whole page as PNGs of at most ``part`` px each (Chromium's texture limit is about 16k): ``path``, then
+    ``<stem>-2.png``, ``<stem>-3.png``..."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(base64.b64decode(shot["data"]))
+    files = []
+    for i, top in enumerate(range(0, height, part)):
+        clip = {"x": 0, "y": top, "width": 1280, "height": min(part, height - top), "scale": 1}
+        shot = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True, clip=clip)
+        files.append(path if i == 0 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}"))
+        files[-1].write_bytes(base64.b64decode(shot["data"]))
+    return files
 
 
 def problems(result: dict) -> list[str]:

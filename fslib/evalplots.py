@@ -7,6 +7,7 @@ needs accuracy returns a one-line explanation instead when accuracy was not comp
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -78,7 +79,9 @@ def accuracy_table(metrics: dict, split: str | None = None, by: str = "per_type"
     split = split or metrics["split"]
     cols = {}
     for name, m in _scored(metrics).items():
-        block = m["by_split"].get(split, {})
+        if split not in m["by_split"]:
+            continue  # e.g. a quantised row scored on the headline split only
+        block = m["by_split"][split]
         cols[name] = {k: _ci(v["exact_match"], v["exact_match_ci"]) + f"  (n {v['n']})"
                       for k, v in block.get(by, {}).items()}
         cols[name]["all"] = _ci(block.get("exact_match"), block.get("exact_match_ci")) + f"  (n {block.get('n')})"
@@ -94,7 +97,7 @@ def split_tables(metrics: dict, ood_split: str = ""):
     parts = {f"{metrics['split']}, by media": accuracy_table(metrics, by="per_media")}
     if ood_split and ood_split in metrics.get("splits", {}):
         parts = {f"{ood_split}, by question type": accuracy_table(metrics, ood_split), **parts}
-    return pd.concat(parts)
+    return pd.concat(parts).fillna("—")
 
 
 def blind_table(metrics: dict):
@@ -167,9 +170,26 @@ def plot_latency(metrics: dict):
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="x")
     p = metrics.get("protocol", {})
+    note = noise_note(metrics)
     fig.suptitle(f"{p.get('repeats')} timed runs per model after {p.get('warmup')} warm-up runs, batch 1, "
-                 f"{p.get('new_tokens')} generated tokens", fontsize=9)
+                 f"{p.get('new_tokens')} generated tokens" + (f"\n{note}" if note else ""), fontsize=9)
     return _done(fig)
+
+
+def noise_note(metrics: dict) -> str | None:
+    """Rows with identical shapes and weights format (e.g. the KD, SFT and base students) must run equally fast:
+    the spread of their medians is the measurement noise of this machine, stated so no smaller gap is over-read."""
+    groups: dict[tuple, list[dict]] = {}
+    for m in metrics["models"].values():
+        if m.get("decode_s_per_token"):
+            groups.setdefault((m["params"], m.get("dtype"), m.get("quantization")), []).append(m)
+    same = max((g for g in groups.values() if len(g) > 1), key=len, default=None)
+    if not same:
+        return None
+    spread = {k: max(m[k] for m in same) / max(min(m[k] for m in same), 1e-12) for k in ("ttft_s", "decode_s_per_token")}
+    names = ", ".join(n for n, m in metrics["models"].items() if any(m is x for x in same))
+    return (f"{names} have identical shapes: their medians differ by up to {spread['ttft_s']:.1f}x (TTFT) and "
+            f"{spread['decode_s_per_token']:.1f}x (decode), the noise of this machine; smaller gaps mean nothing")
 
 
 def plot_memory(metrics: dict):
@@ -213,14 +233,19 @@ def plot_pareto(metrics: dict):
     models = {n: m for n, m in _scored(metrics).items() if m.get("decode_s_per_token") is not None}
     points = {n: (m["decode_s_per_token"] * 1e3, m["exact_match"]) for n, m in models.items()}
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for n, m in models.items():
+    for k, n in enumerate(sorted(models, key=lambda n: points[n])):
         lat, acc = points[n]
-        lo, hi = m.get("exact_match_ci") or (acc, acc)
+        lo, hi = models[n].get("exact_match_ci") or (acc, acc)
         ax.errorbar(lat, acc, yerr=[[acc - lo], [hi - acc]], fmt="o", capsize=3)
-        ax.annotate(n, (lat, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        # staggered labels: several rows (e.g. a student and its quantised copies) often share one accuracy
+        ax.annotate(n, (lat, acc), textcoords="offset points", xytext=(6, 4 - 11 * (k % 3)), fontsize=8)
     front = sorted((points[n] for n in pareto_front(points)), key=lambda p: p[0])
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", alpha=0.5, label="Pareto front")
-    ax.set_xlabel("decode time per token (ms, median, batch 1)")
+    ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.set_xlabel("decode time per token (ms, median, batch 1, log scale)")
     ax.set_ylabel(f"exact match ({metrics['split']})")
     ax.set_title("accuracy against per-token latency: up and left is better")
     ax.grid(alpha=0.3)

@@ -12,7 +12,8 @@ Scores (per question, then averaged; every answer is the greedy continuation of 
 - ``*_ci``: 95% percentile-bootstrap interval of the mean over questions (``bootstrap_ci``: 1000 resamples, seed 0).
 - ``blind_exact_match``: exact match when every image and video frame is replaced by uniform grey (same sizes, same
   text). ``blind.prior_baseline`` is the best a model without pixels can do: always answer the most frequent training
-  answer of the question's type. Blind scores near it prove the answers come from the pixels.
+  answer of the question's type. Scores well above it with pixels, and near it without, show that the answers come
+  from the pixels; scores near it either way show a model answering from the question text alone.
 - ``agreement_with_teacher``: share of questions where the model's normalised answer equals the teacher's.
 
 metrics.json (schema_version 2; keys are added over time, never removed or renamed)::
@@ -32,10 +33,13 @@ metrics.json (schema_version 2; keys are added over time, never removed or renam
       weights_bytes, decode_bytes_per_token, peak_bytes (batch 1), peak_bytes_by_batch, baseline_bytes
       bandwidth_utilisation                           GPU only, else None
       samples                                         {ttft_s: [...], decode_s_per_token: [...]} the timed repeats
+      generated_tokens, visual_tokens, prompt_tokens, load_s    checks: N for every run, the same image for every row
     blind                    {splits, prior_baseline: {exact_match, per_type}}
     protocol                 summary (three lines), new_tokens, warmup, repeats, batch_size, batch_sizes, dtype, device,
                              device_name, isolation, memory, accuracy, decoding, max_new_tokens, bootstrap, versions
     params, dataset, environment                      resolved params of all stages; data provenance; versions, git SHA
+
+predictions.json (beside it): {split: {ids: [...], <model>: {normal: [answers], blind: [answers]}}}.
 """
 
 from __future__ import annotations
@@ -279,8 +283,9 @@ def evaluate_models(rows: dict, *, data_dir, workdir, bench: dict, answers: dict
                     pixels: dict, max_length: int, seed: int = 0, trust_remote_code: bool = False) -> dict:
     """Each row in its own fresh process (``fslib.bench``): measured, then (if ``answers``) answering the questions.
 
-    ``bench``: new_tokens, warmup, repeats, batch_sizes, split. ``answers``: splits, blind_splits, batch_size,
-    max_new_tokens; None when accuracy is not computed (random weights).
+    ``bench``: new_tokens, warmup, repeats, batch_sizes, split, threads. ``answers``: splits (the first is the headline one),
+    blind_splits, batch_size, max_new_tokens; None when accuracy is not computed (random weights). Variants (quantised
+    rows) answer the headline split only, and only when ``score_variants``.
     """
     import time
 
@@ -289,10 +294,12 @@ def evaluate_models(rows: dict, *, data_dir, workdir, bench: dict, answers: dict
     results = {}
     for name, row in rows.items():
         ask = answers if answers and (row["variant_of"] is None or score_variants) else None
+        # a variant answers the headline split only: its place on the accuracy/latency plot
+        splits = (ask["splits"] if row["variant_of"] is None else ask["splits"][:1]) if ask else []
         spec = {"name": name, "path": row["path"], "dtype": row["dtype"], "quantization": row["quantization"],
                 "data_dir": str(data_dir), "pixels": pixels, "max_length": max_length, "seed": seed,
                 "trust_remote_code": trust_remote_code, **bench,
-                "answer_splits": ask["splits"] if ask else [],
+                "answer_splits": splits,
                 "blind_splits": ask["blind_splits"] if ask and row["variant_of"] is None else [],
                 "eval_batch_size": ask["batch_size"] if ask else 1,
                 "max_new_tokens": ask["max_new_tokens"] if ask else 1}

@@ -208,7 +208,9 @@ def render_index(reports_dir: str | Path) -> Path:
                               f'<tr><td><a href="{esc(run.name)}/index.html">{esc(run.name)}</a></td>')
     css = TEMPLATE.read_text().split("<style type=\"text/css\">")[1].split("</style>")[0]
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>FirstSight runs</title>"
-            f"<style>body{{font-family:system-ui,sans-serif;margin:2em}}{css}</style></head><body>"
-            f"<h1>FirstSight runs</h1><p class=\"fs-note\">{len(runs)} runs with a metrics.json under "
-            f"<code>{esc(reports_dir)}</code>. Memory in MiB.</p>{table}</body></html>")
+            f"<style>body{{font-family:system-ui,sans-serif;margin:2em}}{css}"
+            "table#runs td:nth-child(3), table#runs th:nth-child(3) {text-align: left}</style></head><body>"
+            f"<h1>FirstSight runs</h1><p class=\"fs-note\">Runs with a metrics.json under "
+            f"<code>{esc(reports_dir)}</code>: {len(runs)}. Each links to its report. Memory in MiB.</p>{table}"
+            "</body></html>")
     return _write_offline(page, reports_dir / "index.html")

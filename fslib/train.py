@@ -131,18 +131,21 @@ def _train_epoch(run: Run, epoch: int) -> None:
     teacher_in_eval(run.teacher)
     bar = tqdm(total=run.steps_per_epoch, initial=skip, desc=f"{run.label} epoch {epoch}/{run.epochs}",
                leave=False, disable=not run.acc.is_local_main_process)
+    ready = time.perf_counter()
     for i, group in enumerate(_groups(run.train_loader, run.grad_accum), start=skip + 1):
+        data_seconds = time.perf_counter() - ready  # collating this step's micro-batches (processor, pixels)
         try:
-            record = _optimizer_step(run, group)
+            record = {**_optimizer_step(run, group), "data_seconds": data_seconds}
         except torch.OutOfMemoryError as e:
             raise torch.OutOfMemoryError(f"{e}\n{OOM_HINT}") from e
         run.step += 1
         run.history["steps"].append({"step": run.step, "epoch": epoch, **record})
-        run.acc.log({f"train/{k}": v for k, v in record.items()}, step=run.step)
+        run.acc.log({f"train/{k}": v for k, v in record.items() if v is not None}, step=run.step)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         bar.update()
         if run.save_every and run.step % run.save_every == 0 and i < run.steps_per_epoch:
             _save_resume(run, epoch, i)
+        ready = time.perf_counter()
     bar.close()
 
 
@@ -158,7 +161,7 @@ def _end_epoch(run: Run, epoch: int) -> None:
         _save_model(run, "best")
     if run.acc.is_main_process:
         write_json(run.out_dir / "training_history.json", run.history)
-    _save_resume(run, epoch + 1, 0, done=epoch == run.epochs)
+    _save_resume(run, epoch + 1, 0)  # "done" only once final exists (_finish): a kill in between redoes _finish
 
 
 def _finish(run: Run) -> dict:
@@ -278,3 +281,28 @@ def write_training_summary(out_dir, histories: dict, *, teacher_path: str, stude
                "params": params}
     write_json(out_dir / "training.json", summary)
     return summary
+
+
+def summary_table(histories: dict):
+    """One row per trained model: what was trained against what, memory and speed (medians over steps)."""
+    import pandas as pd
+
+    rows = {}
+    for label, h in histories.items():
+        models, steps = h.get("models") or {}, h["steps"]
+        s, t = models.get("student") or {}, models.get("teacher")
+        source = "labels only" if not h["settings"]["loss"]["alpha"] else (
+            "teacher cache (top-k)" if h["settings"].get("cached") else
+            f"live teacher ({t['dtype']}, {t['quantization']})" if t else "live teacher")
+        rows[label] = {"trained params": s.get("trainable_params"), "trainable share": s.get("trainable_share"),
+                       "dtype": s.get("dtype"), "KD target": source, "steps": len(steps),
+                       "processes": h["settings"].get("processes"),
+                       "best val loss": h.get("best_val_loss"),
+                       "tokens/s": _median([x["tokens_per_s"] for x in steps]),
+                       "samples/s": _median([x["samples_per_s"] for x in steps]),
+                       "peak memory (GB)": max([e.get("peak_memory_bytes", 0) for e in h["epochs"]] or [0]) / 1e9}
+    return pd.DataFrame(rows)
+
+
+def _median(values: list) -> float | None:
+    return float(sorted(values)[len(values) // 2]) if values else None

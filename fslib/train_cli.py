@@ -128,8 +128,21 @@ def run(job: Job | dict) -> dict:
 
 
 def _settings(job: Job) -> dict:
-    """What a resumed run must share with the interrupted one (not resume itself, nor where trackers log)."""
-    return {k: v for k, v in dataclasses.asdict(job).items() if k not in ("resume", "report_to", "out_dir")}
+    """What a resumed run must share with the interrupted one (not resume itself, nor where trackers log). Paths
+    inside the run folder are kept relative to it, so a run folder can be moved (or mounted elsewhere) and resumed."""
+    run_root = Path(job.out_dir).resolve().parent
+
+    def rel(path):
+        if not path:
+            return path
+        p = Path(path).resolve()
+        return str(p.relative_to(run_root)) if p.is_relative_to(run_root) else str(path)
+
+    out = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("resume", "report_to", "out_dir")}
+    for key in ("student_path", "teacher_path", "data_dir", "cache_dir"):
+        out[key] = rel(out[key])
+    out["extra_train_dirs"] = [rel(d) for d in out["extra_train_dirs"]]
+    return out
 
 
 def _free_port() -> int:
@@ -144,24 +157,30 @@ def launch(job: Job, *, num_processes: int, config_file: str, timeout: int | Non
     cfg = cfg if cfg.exists() else REPO_ROOT / cfg
     if not cfg.exists():
         raise FileNotFoundError(f"accelerate config {config_file} not found (see configs/accelerate/)")
-    out = Path(job.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = out / "job.json"
-    spec.write_text(json.dumps(dataclasses.asdict(job), indent=1))
+    spec = write_job(job)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg), "--num_processes",
            str(num_processes), "--main_process_port", str(_free_port()), "-m", "fslib.train_cli", str(spec)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=os.getcwd())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # the notebook shows the processes' output as it comes
         print(line, end="")
     if proc.wait(timeout=timeout) != 0:
         raise RuntimeError(f"training job {job.label!r} failed on {num_processes} processes (exit {proc.returncode}); "
                            f"command: {' '.join(cmd)}")
-    return json.loads((out / "training_history.json").read_text())
+    return json.loads((Path(job.out_dir) / "training_history.json").read_text())
+
+
+def write_job(job: Job) -> Path:
+    """``<out_dir>/job.json``: what was trained, and what ``accelerate launch -m fslib.train_cli`` takes."""
+    spec = Path(job.out_dir) / "job.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    write_json(spec, dataclasses.asdict(job))
+    return spec
 
 
 def run_job(job: Job, *, num_processes: int = 1, config_file: str = "configs/accelerate/ddp.yaml") -> dict:
     """In this process when ``num_processes`` is 1, else launched (what 02_distill calls)."""
     if num_processes <= 1:
+        write_job(job)
         return run(job)
     return launch(job, num_processes=num_processes, config_file=config_file)
 

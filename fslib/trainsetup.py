@@ -171,7 +171,7 @@ def setup(student, teacher, processor, train_loader, val_loader, *, out_dir: Pat
                 "loss": vars(spec), "cached": cache is not None, "onpolicy": {k: v for k, v in (onpolicy or {}).items()
                                                                               if k != "collator"},
                 "n_train": len(train_loader.dataset), "batch_size": train_loader.batch_sampler.batch_size,
-                "processes": acc.num_processes, "seed": seed}
+                "processes": acc.num_processes, "engine": acc.distributed_type.value, "seed": seed}
     run = Run(acc, student, teacher, cache, processor, opt, sched, train_loader, val_loader, out_dir, spec, label,
               epochs, grad_accum, max_grad_norm, save_every, onpolicy, seed, settings, steps_per_epoch,
               history={"label": label, "steps": [], "epochs": [], "best_val_loss": None, "settings": settings})

@@ -24,6 +24,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data
     for a, b in zip(one["steps"], two["steps"]):
         assert a["answer_tokens"] == b["answer_tokens"]  # the same samples in every global step
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["kd"] == pytest.approx(b["kd"], rel=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)  # the gradient's scale, not only its direction
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)  # one schedule step per optimizer step, not per process
     assert one["epochs"][0]["val_loss"] == pytest.approx(two["epochs"][0]["val_loss"], rel=1e-5)
     w1 = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))

@@ -99,3 +99,28 @@ def test_swap_in_is_atomic_and_recovers(tmp_path):
     (tmp_path / "best.tmp").mkdir()  # and a half-written next version
     checkpoint.recover(out)
     assert (out / "w").read_text() == "v2" and not (tmp_path / "best.tmp").exists()
+
+
+@pytest.mark.slow
+def test_notebook_02_with_resume_true_reuses_finished_trainings(tiny_run, tmp_path):
+    """`papermill 02_distill.ipynb -p resume True` after a finished run (moved elsewhere): nothing is retrained."""
+    import shutil
+
+    import papermill as pm
+    from conftest import TINY_RUN
+
+    from fslib import config
+
+    run = tmp_path / "e2e"
+    shutil.copytree(tiny_run, run)
+    final = run / "kd_student" / "final" / "model.safetensors"
+    before = (final.stat().st_mtime_ns, json.loads((run / "kd_student" / "training_history.json").read_text()))
+    declared = config.declared_params()
+    params = {k: v for k, v in TINY_RUN.items() if "02_distill" in declared[k]["notebooks"]}
+    pm.execute_notebook(str(config.notebook_path("02_distill")), str(tmp_path / "02.ipynb"), kernel_name="python3",
+                        parameters={**params, "run_name": "e2e", "reports_dir": str(tmp_path), "resume": True},
+                        progress_bar=False)
+    after = json.loads((run / "kd_student" / "training_history.json").read_text())
+    assert final.stat().st_mtime_ns == before[0]  # not retrained, not rewritten
+    assert [s["loss"] for s in after["steps"]] == [s["loss"] for s in before[1]["steps"]]
+    assert json.loads((run / "training.json").read_text())["models"]["student"]["path"].startswith(str(run))

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from fslib import checkpoint, collate, forward, models, train
 
@@ -135,8 +136,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
         _run(student_path, None, processor, loaders, tmp_path, epochs=2, save_every=1)
     state = checkpoint.read_resume(tmp_path)
     assert (state["step"], state["epoch"], state["position"]) == (2, 1, 2)
-    weights = models.load_model(str(tmp_path / "checkpoint")).state_dict()
-    assert all(torch.isfinite(v).all() for v in weights.values())
+    weights = load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
+    assert weights and all(torch.isfinite(v).all() for v in weights.values())
     assert not (tmp_path / "final").exists()
 
 
@@ -169,3 +170,8 @@ def test_onpolicy_batch_trains_on_the_students_samples(tmp_path, student_path, t
                        temperature=2.0, alpha=0.5,
                        onpolicy={"lambda": 1.0, "max_new_tokens": 4, "temperature": 1.0, "collator": col})
     assert all(s["loss"] == pytest.approx(4.0 * s["kd"], rel=1e-5) for s in hist["steps"])
+
+
+def test_unknown_tracker_is_refused_with_the_valid_names(tmp_path, student_path, processor, loaders):
+    with pytest.raises(ValueError, match="tensorboard, wandb, mlflow"):
+        _run(student_path, None, processor, loaders, tmp_path, epochs=1, report_to="tensorbord")
