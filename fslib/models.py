@@ -41,7 +41,7 @@ QWEN2VL_CHAT_TEMPLATE = (
 # exercised. head_dim is 32 for every text model, so mrope_section sums to head_dim / 2 = 16.
 EMBEDDED_PRESETS: dict[str, dict] = {
     "tiny-teacher": dict(hidden=128, layers=4, heads=4, kv_heads=2, ffn=512,
-                         vis_depth=3, vis_dim=96, vis_heads=4, vocab_pad=128, seed=1),
+                         vis_depth=3, vis_dim=128, vis_heads=4, vocab_pad=128, seed=1),
     "tiny-student": dict(hidden=64, layers=2, heads=2, kv_heads=1, ffn=256,
                          vis_depth=2, vis_dim=64, vis_heads=4, vocab_pad=0, seed=2),
 }
