@@ -1,6 +1,7 @@
 """Run the four notebooks with papermill on one params file, then render the run's HTML report.
 
     python -m fslib.pipeline params/tiny.yaml
+    python -m fslib.pipeline params/qwen2vl-7b-to-2b.yaml --stages 03_evaluate 04_publish
 
 The params file is checked against the notebooks' parameter cells before any work starts.
 """
@@ -35,6 +36,9 @@ def run(params_file: str | Path, *, notebooks_dir: str | Path | None = None, sta
                             kernel_name=kernel, progress_bar=False, cwd=str(Path.cwd()))
         print(f"[{stage}] done in {time.time() - t0:.0f} s", flush=True)
         executed.append(target)
+    # The report joins every stage executed so far (e.g. 01-02 from a SLURM job, 03-04 from this call), in order;
+    # its last section gives each notebook's start time, so a stale stage is visible.
+    executed = [p for s in config.NOTEBOOKS if (p := out / "notebooks" / f"{s}.ipynb").exists()]
     errors = report.errors_in(executed)
     if errors:
         raise RuntimeError(f"error outputs in executed notebooks: {errors}")
@@ -47,9 +51,12 @@ def run(params_file: str | Path, *, notebooks_dir: str | Path | None = None, sta
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("params", help="params YAML, e.g. params/tiny.yaml")
+    ap.add_argument("--stages", nargs="+", choices=config.NOTEBOOKS, default=list(config.NOTEBOOKS),
+                    help="run only these notebooks (in pipeline order), e.g. 03_evaluate 04_publish after a SLURM "
+                         "job ran 01-02; the report joins every stage executed so far")
     args = ap.parse_args(argv)
     try:
-        run(args.params)
+        run(args.params, stages=[s for s in config.NOTEBOOKS if s in args.stages])
     except config.ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

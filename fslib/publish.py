@@ -147,12 +147,19 @@ def measured_variants(run_dir: str | Path, metrics: dict, model_key: str) -> tup
     for name, m in models.items():
         if m.get("variant_of") != model_key or m.get("quantization") not in QUANT_METHODS:
             continue
-        folder = exports / name
-        if not (folder / "config.json").exists():
-            export_quantized(m.get("path") or source, folder, m["quantization"], dtype=m.get("dtype", "float32"))
+        folder, checkpoint = exports / name, m.get("path") or source
+        if not _newer_than(folder, checkpoint):  # missing, or left from before the checkpoint was retrained
+            export_quantized(checkpoint, folder, m["quantization"], dtype=m.get("dtype", "float32"))
         found[name] = folder
     unmeasured = sorted(p.name for p in exports.glob("*") if (p / "config.json").exists() and p.name not in models)
     return found, unmeasured
+
+
+def _newer_than(folder: Path, checkpoint: str | Path) -> bool:
+    """Whether ``folder`` holds weights saved after every weight file of ``checkpoint``."""
+    mine = [p.stat().st_mtime for p in Path(folder).glob("*.safetensors")]
+    theirs = [p.stat().st_mtime for p in Path(checkpoint).glob("*.safetensors")]
+    return bool(mine and theirs) and min(mine) > max(theirs) and (Path(folder) / "config.json").exists()
 
 
 def save_export_folder(export: str | Path, out: str | Path, card, *, params: dict, metrics: dict) -> Path:

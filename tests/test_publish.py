@@ -1,6 +1,7 @@
 """The Hub folder, its model card, quantised exports and the push: complete, loadable, honest, and token-free."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -181,3 +182,22 @@ def test_quantized_export_refuses_unknown_method(student_path, tmp_path):
 def test_the_notebook_takes_no_token_parameter():
     declared = config.declared_params()
     assert not [k for k in declared if re.search(r"token|secret|password", k) and "04_publish" in declared[k]["notebooks"]]
+
+
+def test_measured_variants_are_exported_once_and_redone_after_retraining(student_path, tmp_path):
+    checkpoint = shutil.copytree(student_path, tmp_path / "ckpt")
+    metrics = {"models": {"student": {"path": str(checkpoint)},
+                          "student_nf4": {"path": str(checkpoint), "variant_of": "student", "quantization": "nf4",
+                                          "dtype": "float32"},
+                          "teacher_int8": {"path": "x", "variant_of": "teacher", "quantization": "int8"}}}
+    (tmp_path / "run" / "exports" / "old_int4").mkdir(parents=True)
+    (tmp_path / "run" / "exports" / "old_int4" / "config.json").write_text("{}")
+    found, unmeasured = publish.measured_variants(tmp_path / "run", metrics, "student")
+    assert list(found) == ["student_nf4"] and unmeasured == ["old_int4"]  # only the published model's variants
+    weights = found["student_nf4"] / "model.safetensors"
+    first = weights.stat().st_mtime_ns
+    publish.measured_variants(tmp_path / "run", metrics, "student")
+    assert weights.stat().st_mtime_ns == first  # reused: saved after the checkpoint
+    os.utime(checkpoint / "model.safetensors")  # the student was retrained since
+    publish.measured_variants(tmp_path / "run", metrics, "student")
+    assert (found["student_nf4"] / "model.safetensors").stat().st_mtime_ns > first
