@@ -8,7 +8,9 @@ real ``Qwen2VLForConditionalGeneration`` and a real ``Qwen2VLProcessor``, and th
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -125,9 +127,14 @@ def build_embedded(name: str, root: str | Path, corpus: list[str]) -> Path:
         raise ValueError(f"unknown embedded model {name!r}; valid: "
                          + ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_PRESETS))
     out = Path(root) / preset_name
-    if (out / "config.json").exists():
-        return out
     preset = EMBEDDED_PRESETS[preset_name]
+    # What the folder was built from: a changed preset, pixel bound or tokenizer corpus rebuilds it, so a run
+    # folder never keeps serving a stale model under a current name.
+    recipe = {"preset": preset, "pixels": TINY_PIXELS,
+              "corpus_sha256": hashlib.sha256("\n".join(corpus).encode()).hexdigest()}
+    stamp = out / "firstsight_embedded.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == recipe:
+        return out
     processor = build_tiny_processor(corpus, **TINY_PIXELS)
     torch.manual_seed(preset["seed"])
     model = Qwen2VLForConditionalGeneration(tiny_config(preset, processor.tokenizer))
@@ -136,9 +143,12 @@ def build_embedded(name: str, root: str | Path, corpus: list[str]) -> Path:
         bos_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
         eos_token_id=[tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id], do_sample=False)
     tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a half-built folder is never mistaken for a model
+    (tmp / stamp.name).write_text(json.dumps(recipe, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # a half-built folder is never mistaken for a model
     return out
 
 

@@ -54,3 +54,12 @@ def test_unknown_embedded_preset_is_named(tmp_path):
 
     with pytest.raises(ValueError, match="valid: embedded:tiny-teacher"):
         models.resolve_model("embedded:nope", tmp_path)
+
+
+def test_changed_preset_rebuilds_the_embedded_model(tmp_path, monkeypatch):
+    first = models.resolve_model("embedded:tiny-student", tmp_path)
+    n_before = models.param_counts(models.load_model(first))["params"]
+    wider = {**models.EMBEDDED_PRESETS["tiny-student"], "ffn": 512}
+    monkeypatch.setitem(models.EMBEDDED_PRESETS, "tiny-student", wider)
+    again = models.resolve_model("embedded:tiny-student", tmp_path)
+    assert again == first and models.param_counts(models.load_model(again))["params"] > n_before
