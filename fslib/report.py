@@ -83,14 +83,6 @@ def _wrap(text: str, width: int = 48) -> str:
     return "\n".join(textwrap.wrap(str(text), width)) or ""
 
 
-def comparison_table(metrics: dict, columns: list[str]):
-    """A pandas table, one row per model, for display in the notebook."""
-    import pandas as pd
-
-    rows = {name: {c: m.get(c) for c in columns} for name, m in metrics["models"].items()}
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
 def render_html(executed: list[Path], out_file: Path, *, title: str) -> Path:
     """Join executed notebooks into one self-contained HTML: contents, headline metrics, the stages with code
     hidden and figures embedded, then params and environment. Nothing is fetched (see ``fslib.site``)."""
@@ -110,11 +102,3 @@ def errors_in(executed: list[Path]) -> list[str]:
             if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
                 bad.append(f"{path.name}: {html.escape(''.join(cell.source)[:80])}")
     return bad
-
-
-def per_type_table(metrics: dict):
-    """Exact match per question type (rows) and model (columns)."""
-    import pandas as pd
-
-    return pd.DataFrame({name: {t: v["exact_match"] for t, v in m["per_type"].items()}
-                         for name, m in metrics["models"].items()})

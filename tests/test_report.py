@@ -12,7 +12,7 @@ def test_fmt_and_missing_values():
     assert headline.fmt("exact_match", 0.5) == "0.500"
     assert headline.fmt("params", 430208) == "430,208"
     assert headline.fmt("peak_bytes", 3 * 2**20) == "3.0"
-    assert headline.fmt("exact_match", None) == "—" and headline.fmt("throughput", {"1": 2.0}) == "—"
+    assert headline.fmt("exact_match", None) == "—" and headline.fmt("exact_match", {"1": 2.0}) == "—"
     assert headline.fmt("exact_match", float("nan")) == "—" and headline.fmt("exact_match", True) == "—"
     assert headline.fmt("exact_match_ci", [0.25, 0.75]) == "[0.250, 0.750]"
     assert headline.fmt("exact_match_ci", {"low": 0.25, "high": 0.75}) == "[0.250, 0.750]"
