@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -41,12 +42,25 @@ QWEN2VL_CHAT_TEMPLATE = (
 # Tiny presets. Sizes mirror the real pair's *shape*: the teacher is wider and deeper than the student, and its
 # output layer is padded 128 rows further (152,064 vs 151,936 in the real pair), so vocabulary alignment is always
 # exercised. head_dim is 32 for every text model, so mrope_section sums to head_dim / 2 = 16.
+# ``pretrain`` is the recipe of ``fslib.pretrain`` (vision tower, then alignment with the tower frozen). The teacher,
+# like a 7B that already knows the domain, is also instruction-tuned on task-style questions from its own scenes; the
+# student only learns to see and to describe scenes, so the answers are what distillation has to teach it.
 EMBEDDED_PRESETS: dict[str, dict] = {
     "tiny-teacher": dict(hidden=128, layers=4, heads=4, kv_heads=2, ffn=512,
-                         vis_depth=3, vis_dim=128, vis_heads=4, vocab_pad=128, seed=1),
+                         vis_depth=3, vis_dim=128, vis_heads=4, vocab_pad=128, seed=1,
+                         pretrain={"seed": 1, "vision": {"scenes": 2048, "epochs": 8, "lr": 2e-3},
+                                   "align": {"captions": 2000, "questions": 2000, "epochs": 2, "lr": 2e-3}}),
     "tiny-student": dict(hidden=64, layers=2, heads=2, kv_heads=1, ffn=256,
-                         vis_depth=2, vis_dim=64, vis_heads=4, vocab_pad=0, seed=2),
+                         vis_depth=2, vis_dim=64, vis_heads=4, vocab_pad=0, seed=2,
+                         pretrain={"seed": 2, "vision": {"scenes": 2048, "epochs": 8, "lr": 2e-3},
+                                   "align": {"captions": 2000, "questions": 0, "epochs": 2, "lr": 2e-3}}),
 }
+# FIRSTSIGHT_PRETRAIN=0 builds the embedded models without pre-training (random weights): the unit tests use it,
+# since they exercise code paths, not accuracy. The build stamp records it, so the two kinds are never confused.
+PRETRAIN_ENV = "FIRSTSIGHT_PRETRAIN"
+# Finished builds are kept here, keyed by their recipe, and copied into each run folder: pre-training runs once per
+# machine, not once per run. FIRSTSIGHT_CACHE moves it.
+CACHE_ENV = "FIRSTSIGHT_CACHE"
 TINY_PIXELS = dict(min_pixels=56 * 56, max_pixels=112 * 112)
 
 
@@ -118,23 +132,48 @@ def tiny_config(preset: dict, tokenizer):
 def build_embedded(name: str, root: str | Path, corpus: list[str]) -> Path:
     """Build (once) the embedded model ``name`` into ``root/<preset>`` and return that folder.
 
-    Deterministic: the same corpus gives the same tokenizer and the preset's seed the same weights.
+    Deterministic: the same corpus gives the same tokenizer, and the preset's seeds the same weights and
+    pre-training (``fslib.pretrain``; minutes on 2 CPU cores, once per machine thanks to the cache).
     """
-    from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
+    from fslib import pretrain
 
     preset_name = name.removeprefix(EMBEDDED_PREFIX)
     if preset_name not in EMBEDDED_PRESETS:
         raise ValueError(f"unknown embedded model {name!r}; valid: "
                          + ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_PRESETS))
     out = Path(root) / preset_name
-    preset = EMBEDDED_PRESETS[preset_name]
-    # What the folder was built from: a changed preset, pixel bound or tokenizer corpus rebuilds it, so a run
-    # folder never keeps serving a stale model under a current name.
+    preset = dict(EMBEDDED_PRESETS[preset_name])
+    recipe_pretrain = preset.pop("pretrain") if os.environ.get(PRETRAIN_ENV, "1") != "0" else {}
+    # What the folder was built from: a changed preset, pre-training recipe, pixel bound or tokenizer corpus rebuilds
+    # it, so a run folder never keeps serving a stale model under a current name.
     recipe = {"preset": preset, "pixels": TINY_PIXELS,
+              "pretrain": {**recipe_pretrain, "version": pretrain.PRETRAIN_VERSION} if recipe_pretrain else None,
               "corpus_sha256": hashlib.sha256("\n".join(corpus).encode()).hexdigest()}
     stamp = out / "firstsight_embedded.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == recipe:
+    if stamp.exists() and json.loads(stamp.read_text()).get("recipe") == recipe:
         return out
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    cached = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "firstsight") / "embedded" / f"{preset_name}-{key}"
+    if not (cached / stamp.name).exists():
+        try:
+            _build(cached, preset, recipe, corpus, stamp.name)
+        except OSError:  # an unwritable cache: build straight into the run folder
+            cached = _build(out.with_name(out.name + ".build"), preset, recipe, corpus, stamp.name)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(cached, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # a half-copied folder is never mistaken for a model
+    shutil.rmtree(out.with_name(out.name + ".build"), ignore_errors=True)
+    return out
+
+
+def _build(folder: Path, preset: dict, recipe: dict, corpus: list[str], stamp_name: str) -> Path:
+    """Build one embedded model (random init, then ``fslib.pretrain`` as the recipe says) into ``folder``."""
+    from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
+
+    from fslib import pretrain
+
     processor = build_tiny_processor(corpus, **TINY_PIXELS)
     torch.manual_seed(preset["seed"])
     model = Qwen2VLForConditionalGeneration(tiny_config(preset, processor.tokenizer))
@@ -142,14 +181,23 @@ def build_embedded(name: str, root: str | Path, corpus: list[str]) -> Path:
     model.generation_config = GenerationConfig(
         bos_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
         eos_token_id=[tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id], do_sample=False)
-    tmp = out.with_name(out.name + ".tmp")
+    report = pretrain.pretrain(model, processor, recipe["pretrain"]) if recipe["pretrain"] else None
+    tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
-    (tmp / stamp.name).write_text(json.dumps(recipe, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # a half-built folder is never mistaken for a model
-    return out
+    (tmp / stamp_name).write_text(json.dumps({"recipe": recipe, "pretraining": report}, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # a half-built folder is never mistaken for a model
+    return folder
+
+
+def default_corpus() -> list[str]:
+    """The embedded tokenizer's training text: every question phrasing and answer, and the captions' phrasings."""
+    from fslib import pretrain, synth
+
+    return synth.corpus_text() + pretrain.caption_corpus()
 
 
 def resolve_model(name: str, embedded_root: str | Path, corpus_fn=None) -> str:
@@ -160,7 +208,7 @@ def resolve_model(name: str, embedded_root: str | Path, corpus_fn=None) -> str:
     if not is_embedded(name) and not presets.is_random_init(name):
         return name
     if corpus_fn is None:
-        from fslib.synth import corpus_text as corpus_fn
+        corpus_fn = default_corpus
     if presets.is_random_init(name):
         return str(presets.resolve(name, embedded_root, corpus_fn()))
     return str(build_embedded(name, embedded_root, corpus_fn()))

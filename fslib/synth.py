@@ -331,8 +331,11 @@ def _config(seed, counts, image_size, max_objects, clutter, video_fraction, vide
                 image_q=image_q, video_q=video_q)
 
 
-def _make_record(cfg: dict, split: str, index: int) -> dict:
-    """The index alone decides media and qtype (round robin), so a record does not depend on the split size."""
+def _make_record(cfg: dict, split: str, index: int, stream: str | None = None) -> dict:
+    """The index alone decides media and qtype (round robin), so a record does not depend on the split size.
+
+    ``stream`` names a separate seed stream (the embedded models' pre-training, ``fslib.pretrain``): its scenes are
+    seeded by the string ``f"firstsight-{stream}-{index}"``, which no split's integer scene seed can produce."""
     f = cfg["video_fraction"]
     n_video_before = math.floor(index * f)
     is_video = math.floor((index + 1) * f) > n_video_before
@@ -341,19 +344,30 @@ def _make_record(cfg: dict, split: str, index: int) -> dict:
     # A string seed is hashed (sha512) by Random; an int seed is split into 32-bit words and CPython's
     # init_by_array maps words [a, a-1] to the same state as [a]: Random(5) == Random((4 << 32) + 5), which would
     # repeat scenes across splits.
-    rng = random.Random(f"firstsight-{ss}")
+    rng = random.Random(f"firstsight-{ss}" if stream is None else f"firstsight-{stream}-{index}")
     surface = rng.choice(SURFACES)
     ctx = _Ctx(cfg["allowed"], cfg["held_out"], split == "ood", cfg["max_objects"], surface, k // len(kinds))
     spec = SPECS[qtype](rng, ctx)
     scene = _layout_scene(rng, spec, surface, cfg["clutter"])
     rendered = spec["table"] + [p for p in spec["held"].values() if p]
-    return {"id": f"{split}-{index:06d}", "split": split, "scene_seed": ss, "qtype": qtype,
+    return {"id": f"{stream or split}-{index:06d}", "split": split, "scene_seed": -1 if stream else ss, "qtype": qtype,
             "media": "video" if is_video else "image", "question": spec["question"], "answer": spec["answer"],
             "aliases": list(ALIASES.get(spec["answer"], [])),
             "image": None if is_video else render_scene(scene, cfg["image_size"]),
             "video": render_clip(scene, spec["motion"], cfg["video_frames"], cfg["image_size"]) if is_video else None,
             "pairs": sorted({f"{c} {o}" for c, o in rendered}),
-            "target": " ".join(spec["target"]) if spec["target"] else None}
+            "target": " ".join(spec["target"]) if spec["target"] else None,
+            **({"scene": scene} if stream else {})}
+
+
+def stream_records(stream: str, n: int, *, seed: int = 0, image_size: int = 112, max_objects: int = 3,
+                   clutter: int = 2, video_fraction: float = 0.25, video_frames: int = 4,
+                   held_out_pairs: tuple[str, ...] = DEFAULT_HELD_OUT) -> list[dict]:
+    """``n`` training-style records from the named seed stream (disjoint from every split); each also carries its
+    ``scene`` layout, from which exact dense labels and captions are derived (``fslib.pretrain``)."""
+    cfg = _config(seed, {"train": n, "val": 0, "test": 0, "ood": 0}, image_size, max_objects, clutter,
+                  video_fraction, video_frames, held_out_pairs, None)
+    return [_make_record(cfg, "train", i, stream=f"{stream}-{seed}") for i in range(n)]
 
 
 def build_synthetic(*, seed: int = 0, n_train: int = 256, n_val: int = 32, n_test: int = 64, n_ood: int = 32,

@@ -1,10 +1,19 @@
+import os
 import random
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
 from fslib import models, synth
+
+
+def pytest_configure(config):
+    # Unit tests exercise code paths, not accuracy: embedded models are built without their minutes of
+    # pre-training (tests/test_pretrain.py covers it), and builds are cached in a throwaway folder.
+    os.environ.setdefault(models.PRETRAIN_ENV, "0")
+    os.environ.setdefault(models.CACHE_ENV, tempfile.mkdtemp(prefix="firstsight-test-cache-"))
 
 
 def pytest_collection_modifyitems(config, items):

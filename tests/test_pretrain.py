@@ -1,0 +1,107 @@
+"""The embedded pair's pre-training: exact labels and captions, disjoint scenes, the stages and the build cache."""
+import json
+
+import pytest
+import torch
+
+from fslib import models, pretrain, synth
+
+
+def _scene(objects, held=None):
+    hands = [{"side": "left", "x": 0.2, "y": 0.83, "held": held}, {"side": "right", "x": 0.8, "y": 0.83, "held": None}]
+    return {"surface": "table", "objects": objects, "hands": hands}
+
+
+def test_cell_labels_put_each_thing_in_its_cell_and_every_cell_in_its_third():
+    cup = {"name": "cup", "colour": "red", "x": 0.6, "y": 0.35, "r": 0.05}  # inside cell (row 1, col 2) of 4x4
+    labels = pretrain.cell_labels(_scene([cup]), 4, 4).reshape(4, 4, -1)
+    at = {name: labels[..., pretrain.LABELS.index(name)] for name in pretrain.LABELS}
+    assert at["cup"].nonzero().tolist() == [[1, 2]]
+    assert at["red"].nonzero().tolist() == [[1, 2]]
+    assert at["phone"].sum() == 0 and at["blue"].sum() == 0
+    assert at["hand"][3, 0] == 1 and at["hand"][3, 3] == 1 and at["hand"][0].sum() == 0
+    assert at["col_left"][:, 0].all() and at["col_right"][:, 3].all() and at["col_centre"][:, 1:3].all()
+    assert at["row_top"][0].all() and at["row_bottom"][3].all()
+    assert (labels[..., len(synth.OBJECTS) + len(synth.COLOURS) + 1:].sum(-1) == 2).all()  # one column, one row
+
+
+def test_cell_labels_mark_a_held_object_with_its_colour_near_the_hand():
+    held = {"name": "apple", "colour": "green", "r": 0.1}
+    labels = pretrain.cell_labels(_scene([], held=held), 4, 4).reshape(4, 4, -1)
+    apple = labels[..., pretrain.LABELS.index("apple")]
+    assert apple[3, 0] == 1 and apple[:, 2:].sum() == 0
+    assert torch.equal(apple, labels[..., pretrain.LABELS.index("green")])
+
+
+def test_caption_lists_surface_objects_left_to_right_then_the_hands():
+    objects = [{"name": "phone", "colour": "blue", "x": 0.7, "y": 0.4, "r": 0.1},
+               {"name": "cup", "colour": "red", "x": 0.3, "y": 0.5, "r": 0.1}]
+    text = pretrain.caption(_scene(objects, held={"name": "keys", "colour": "yellow", "r": 0.1}))
+    assert text == "table: red cup, blue phone. left hand: yellow keys. right hand: nothing."
+    assert pretrain.caption(_scene([])) == "table: nothing. left hand: nothing. right hand: nothing."
+
+
+def test_pretraining_scenes_are_their_own_stream_and_never_show_held_out_pairs():
+    stream = synth.stream_records("pretrain-qa", 40, video_fraction=0.25)
+    again = synth.stream_records("pretrain-qa", 40, video_fraction=0.25)
+    splits = synth.build_synthetic(n_train=40, n_val=0, n_test=0, n_ood=0)
+    assert [r["question"] for r in stream] == [r["question"] for r in again]  # deterministic
+    assert all(r["id"].startswith("pretrain-qa-0-") and r["scene_seed"] == -1 and "scene" in r for r in stream)
+    assert "scene" not in splits["train"][0]
+    train_images = {r["image"].tobytes() for r in splits["train"] if r["image"] is not None}
+    assert not train_images & {r["image"].tobytes() for r in stream if r["image"] is not None}
+    held_out = set(synth.DEFAULT_HELD_OUT)
+    assert not held_out & {p for r in stream for p in r["pairs"]}
+    captions = pretrain.alignment_records(captions=30, questions=0)
+    assert not any(p in r["answer"] for r in captions for p in held_out)
+
+
+def test_the_two_stages_train_the_tower_then_only_the_language_model(student_path, processor):
+    model = models.load_model(student_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = pretrain.pretrain(model, processor, {"seed": 0, "vision": {"scenes": 64, "epochs": 1, "lr": 2e-3},
+                                                 "align": {"captions": 8, "questions": 8, "epochs": 1, "lr": 2e-3}},
+                               progress=False)
+    assert set(report["vision"]["f1"]) == set(pretrain.LABELS) and report["align"]["records"] == 16
+    assert report["vision"]["loss_first"] > 0 and len(report["align"]["val_loss"]) == 1
+    state = model.state_dict()
+    changed = {k for k in state if not torch.equal(state[k], before[k])}
+    assert any(k.startswith("model.visual.") for k in changed)
+    assert any(k.startswith("model.language_model.") for k in changed)
+
+
+def test_alignment_keeps_the_vision_tower_frozen(student_path, processor):
+    model = models.load_model(student_path)
+    visual = {k: v.clone() for k, v in model.model.visual.state_dict().items()}
+    pretrain.align(model, processor, captions=8, questions=0, epochs=1, lr=2e-3)
+    assert all(torch.equal(v, model.model.visual.state_dict()[k]) for k, v in visual.items())
+    assert all(p.requires_grad for p in model.parameters())  # handed back trainable, as loaded
+
+
+def test_build_runs_pretraining_once_per_machine_and_stamps_it(tmp_path, monkeypatch):
+    small = {"seed": 0, "vision": {"scenes": 32, "epochs": 1, "lr": 1e-3}, "align": {}}
+    preset = {**models.EMBEDDED_PRESETS["tiny-student"], "pretrain": small}
+    monkeypatch.setitem(models.EMBEDDED_PRESETS, "tiny-student", preset)
+    monkeypatch.setenv(models.PRETRAIN_ENV, "1")
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    calls = []
+    real = pretrain.pretrain
+    monkeypatch.setattr(pretrain, "pretrain", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = models.resolve_model("embedded:tiny-student", tmp_path / "run1")
+    second = models.resolve_model("embedded:tiny-student", tmp_path / "run2")
+    assert len(calls) == 1  # the second run copied the cached build
+    stamp = json.loads((tmp_path / "run2" / "tiny-student" / "firstsight_embedded.json").read_text())
+    assert stamp["recipe"]["pretrain"]["vision"] == small["vision"] and "f1" in stamp["pretraining"]["vision"]
+    a = models.load_model(first).state_dict()
+    b = models.load_model(second).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.setenv(models.PRETRAIN_ENV, "0")  # a different recipe: rebuilt, without pre-training
+    models.resolve_model("embedded:tiny-student", tmp_path / "run2")
+    stamp = json.loads((tmp_path / "run2" / "tiny-student" / "firstsight_embedded.json").read_text())
+    assert stamp["recipe"]["pretrain"] is None and stamp["pretraining"] is None and len(calls) == 1
+
+
+@pytest.mark.parametrize("bad", [{"vision": {"scenes": 32, "epochs": 1}}])
+def test_a_stage_without_its_settings_is_refused(student_path, processor, bad):
+    with pytest.raises(TypeError):
+        pretrain.pretrain(models.load_model(student_path), processor, bad, progress=False)
