@@ -114,7 +114,8 @@ def summary_line(metrics: dict, run: str) -> str:
     if number(s.get("exact_match")) is None:
         return f"Run `{run}` has no accuracy measured for the KD student yet."
     em = lambda m: fmt("exact_match", m.get("exact_match"))  # noqa: E731
-    others = [f"{label} {em(models[k])}" for k, label in (("teacher", "teacher"), ("sft_student", "SFT-only student"))
+    others = [f"{label} {em(models[k])}" for k, label in (("teacher", "teacher"), ("sft_student", "SFT-only student"),
+                                                         ("kd_labelled_student", "KD on labelled questions only"))
               if number(models.get(k, {}).get("exact_match")) is not None]
     line = (f"On the `{metrics.get('split', '?')}` split ({metrics.get('n_eval', '?')} questions) of run `{run}`, "
             f"the KD student's exact match is {em(s)}" + (f" ({', '.join(others)})" if others else "") + ".")

@@ -35,6 +35,9 @@ def synthetic_pool(n: int, *, data_params: dict, seed: int) -> list[dict]:
         return []
     from fslib import synth
 
+    if data_params.get("data_source", "synthetic") != "synthetic":
+        raise ValueError(f"n_unlabelled={n} renders synthetic scenes, but the data is {data_params['data_source']!r}: "
+                         "set n_unlabelled to 0 and add records without an answer to your own data instead")
     missing = [k for k in _SYNTH_KEYS if k not in data_params]
     if missing:
         raise ValueError(f"the data was not built by fslib.synth (no {missing} in its params): an unlabelled "

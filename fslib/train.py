@@ -30,10 +30,16 @@ from fslib.trainsetup import OOM_HINT, Run, answer_tokens, peak_memory, setup, t
 class EpochBatchSampler(Sampler):
     """Batches of a permutation seeded by ``seed + epoch``; each of ``world`` processes takes one contiguous slice of
     every global batch of ``batch_size * world`` indices. ``set_epoch(e, skip)`` starts epoch e after ``skip`` global
-    batches. A last global batch too small to give every process a sample is dropped (it would stall DDP)."""
+    batches. A last global batch too small to give every process a sample is dropped (it would stall DDP).
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int):
+    ``samples_per_epoch`` (below n) makes an epoch a window of that many samples over one endless stream of
+    permutations (permutation c seeded by ``seed + c``), so every sample is still used but each epoch, and so each
+    run, has as many optimizer steps as one over ``samples_per_epoch`` records: how a KD student with extra
+    teacher-answered questions keeps the SFT baseline's number of steps."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int, samples_per_epoch: int | None = None):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.per_epoch = min(n, samples_per_epoch) if samples_per_epoch else n
         self.rank, self.world, self.epoch, self.skip = 0, 1, 1, 0
 
     def shard(self, rank: int, world: int) -> None:
@@ -42,11 +48,20 @@ class EpochBatchSampler(Sampler):
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
+    def _permutation(self, c: int) -> list[int]:
+        return (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + c))
+                if self.shuffle else torch.arange(self.n)).tolist()
+
     def _global_batches(self) -> list[list[int]]:
-        order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-                 if self.shuffle else torch.arange(self.n)).tolist()
+        if self.per_epoch == self.n:
+            order = self._permutation(self.epoch)
+        else:
+            start = (self.epoch - 1) * self.per_epoch
+            first, last = start // self.n, (start + self.per_epoch - 1) // self.n
+            stream = [i for c in range(first, last + 1) for i in self._permutation(1 + c)]
+            order = stream[start - first * self.n:][:self.per_epoch]
         size = self.batch_size * self.world
-        batches = [order[i:i + size] for i in range(0, self.n, size)]
+        batches = [order[i:i + size] for i in range(0, len(order), size)]
         return [b for b in batches if len(b) >= self.world]
 
     def __iter__(self):
@@ -69,8 +84,10 @@ class _WithRecords:
         return {**self.collator(records), "records": records}
 
 
-def make_loader(records: list, collator, *, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    sampler = EpochBatchSampler(len(records), batch_size, shuffle=shuffle, seed=seed)
+def make_loader(records: list, collator, *, batch_size: int, shuffle: bool, seed: int,
+                samples_per_epoch: int | None = None) -> DataLoader:
+    sampler = EpochBatchSampler(len(records), batch_size, shuffle=shuffle, seed=seed,
+                                samples_per_epoch=samples_per_epoch)
     return DataLoader(records, batch_sampler=sampler, collate_fn=_WithRecords(collator), num_workers=0)
 
 
@@ -266,14 +283,18 @@ def write_training_summary(out_dir, histories: dict, *, teacher_path: str, stude
     out_dir = Path(out_dir)
     models = {"teacher": {"path": str(teacher_path), "role": "teacher"}}
     if "kd_student" in histories:
-        models["student"] = {"path": str(out_dir / "kd_student" / "best"), "role": "KD student"}
+        models["student"] = {"path": str(out_dir / "kd_student" / "best"), "role": "KD student"
+                             + (" (labelled + teacher-answered questions)" if "kd_labelled_student" in histories else "")}
+    if "kd_labelled_student" in histories:
+        models["kd_labelled_student"] = {"path": str(out_dir / "kd_labelled_student" / "best"),
+                                         "role": "KD student, labelled questions only"}
     if "sft_student" in histories:
         models["sft_student"] = {"path": str(out_dir / "sft_student" / "best"), "role": "SFT-only student"}
     models["base_student"] = {"path": str(student_path), "role": "student's starting weights"}
     keys = ("epochs", "batch_size", "grad_accum", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm",
             "temperature", "alpha", "divergence", "beta", "kd_impl", "kd_chunk_size", "teacher_cache",
             "teacher_cache_topk", "gradient_checkpointing", "student_lora", "freeze_vision", "teacher_quantization",
-            "teacher_dtype", "student_dtype", "n_unlabelled", "onpolicy_lambda", "num_processes", "seed")
+            "teacher_dtype", "student_dtype", "n_unlabelled", "prepare_teacher", "teacher_freeze_vision", "onpolicy_lambda", "num_processes", "seed")
     summary = {"models": models, "teacher_model": params["teacher_model"], "student_model": params["student_model"],
                "embedded": params["student_model"].startswith("embedded:"),
                "training": {k: params[k] for k in keys if k in params},

@@ -35,6 +35,7 @@ class Job:
     teacher_path: str | None = None  # None: labels alone (alpha 0)
     cache_dir: str | None = None  # an offline teacher cache to use instead of the teacher
     extra_train_dirs: list = field(default_factory=list)  # dataset folders added to train (teacher-answered)
+    samples_per_epoch: int | None = None  # an epoch's share of a larger train set (the same steps as the baseline)
     pixels: dict = field(default_factory=dict)
     max_length: int = 512
     batch_size: int = 8
@@ -106,8 +107,9 @@ def run(job: Job | dict) -> dict:
     processor = models.load_processor(job.student_path, trust_remote_code=job.trust_remote_code)
     collator = collate.VQACollator(processor, job.pixels, max_length=job.max_length)
     train_records, val_records = _records(job)
-    loaders = [train.make_loader(recs, collator, batch_size=job.batch_size, shuffle=shuffle, seed=job.seed)
-               for recs, shuffle in ((train_records, True), (val_records, False))]
+    loaders = [train.make_loader(recs, collator, batch_size=job.batch_size, shuffle=shuffle, seed=job.seed,
+                                 samples_per_epoch=per_epoch)
+               for recs, shuffle, per_epoch in ((train_records, True, job.samples_per_epoch), (val_records, False, None))]
     model, teacher = _models(job)
     teacher_cache = cache.TeacherCache(job.cache_dir) if job.cache_dir and job.alpha > 0 else None
     onpolicy = {**job.onpolicy, "collator": collator} if job.onpolicy and job.onpolicy.get("lambda", 0) > 0 else None

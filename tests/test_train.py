@@ -65,6 +65,22 @@ def test_data_order_is_per_epoch_resumable_and_shards_global_batches():
     assert one == two
 
 
+def test_an_epoch_can_be_a_window_so_extra_data_adds_no_steps():
+    def epoch(e, skip=0):
+        s = train.EpochBatchSampler(12, 2, shuffle=True, seed=7, samples_per_epoch=5)
+        s.set_epoch(e, skip)
+        return [i for b in s for i in b]
+
+    windows = [epoch(e) for e in range(1, 13)]
+    assert all(len(w) == 5 for w in windows)  # 3 batches (2, 2, 1) per epoch, as for 5 records
+    assert len(train.EpochBatchSampler(12, 2, shuffle=True, seed=7, samples_per_epoch=5)) == 3
+    stream = [i for w in windows for i in w]  # 12 epochs of 5 = 5 full passes over the 12 records
+    for c in range(5):
+        assert sorted(stream[12 * c:12 * (c + 1)]) == list(range(12))
+    assert epoch(4) == epoch(4) and epoch(4, skip=1) == epoch(4)[2:]
+    assert train.EpochBatchSampler(12, 2, shuffle=True, seed=7, samples_per_epoch=50).per_epoch == 12
+
+
 def test_accumulation_equals_one_big_batch(student_path, processor, pixels, small_splits):
     """Two micro-batches of 2 accumulate to the gradient of one batch of 4 (token-weighted mean)."""
     col = collate.VQACollator(processor, pixels)
