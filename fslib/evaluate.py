@@ -20,7 +20,8 @@ metrics.json (schema_version 2; keys are added over time, never removed or renam
 
     split, n_eval            headline split and its number of questions; splits: {split: n} for every scored split
     accuracy                 {computed: bool, note}: false for random-weight (real-size) models: answers mean nothing
-    models.<name>            one entry per measured row: teacher, student (KD), sft_student, base_student, and variants
+    models.<name>            one entry per measured row: teacher, student (KD), kd_labelled_student (KD on labelled
+                             questions only, when 02 had teacher-answered ones), sft_student, base_student, variants
                              such as teacher_int8 or student_nf4 (variant_of, dtype, quantization say which)
       role, path, dtype, quantization, variant_of
       params, params_vision, params_language          sum(p.numel()), split at the vision tower

@@ -7,6 +7,8 @@
   comment, and which notebooks read it).
 - ``headline``: the headline result, read from the latest tiny run's ``reports/tiny/metrics.json``. Left as it is
   when that file does not exist (a fresh clone), since only a run can produce those numbers.
+- ``kd_vs_sft``: distillation against plain fine-tuning over seeds, read from ``benchmarks/results/kd_vs_sft.json``
+  (``benchmarks/kd_vs_sft.py`` writes it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fslib import config, headline
 
 README = config.REPO_ROOT / "README.md"
 TINY_METRICS = config.REPO_ROOT / "reports" / "tiny" / "metrics.json"
+KD_VS_SFT = config.REPO_ROOT / "benchmarks" / "results" / "kd_vs_sft.json"
 _SHORT = {"01_data": "01", "02_distill": "02", "03_evaluate": "03", "04_publish": "04"}
 
 
@@ -52,6 +55,27 @@ def headline_block(metrics_path: str | Path = TINY_METRICS) -> str:
                       "`make readme`; weights in MiB.*"])
 
 
+def kd_vs_sft_block(path: str | Path = KD_VS_SFT) -> str:
+    """Mean and per-seed test exact match of teacher, KD students and SFT-only student, and the two targets."""
+    res = config.read_json(path)
+    cols = [("teacher", "teacher"), ("kd", "KD student"), ("kd_labelled", "KD, labelled only"),
+            ("sft", "SFT-only student"), ("teacher_blind", "teacher, blind")]
+    f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    rows = [[f"seed {r['seed']}"] + [f(r["exact_match"].get(k)) for k, _ in cols] for r in res["runs"]]
+    rows.append(["**mean**"] + [f"**{f(res['mean_exact_match'].get(k))}**" for k, _ in cols])
+    t = res["targets"]
+    met = lambda ok: "met" if ok else "**not met**"  # noqa: E731
+    n = res["runs"][0]["n_eval"] if res["runs"] else "?"
+    lines = [headline.markdown_table(["", *(label for _, label in cols)], rows), "",
+             f"KD − SFT: {t['kd_minus_sft']:+.3f} exact match (target ≥ +{t['kd_minus_sft_target']:.2f}: "
+             f"{met(t['kd_minus_sft'] >= t['kd_minus_sft_target'])}); KD / teacher: {t['kd_over_teacher']:.2f} "
+             f"(target ≥ {t['kd_over_teacher_target']:.2f}: {met(t['kd_over_teacher'] >= t['kd_over_teacher_target'])})."
+             f" Each seed's test split has {n} questions.", "",
+             f"*Read from `{_display(Path(path))}` (`{res['environment']['command'].strip()}`, params "
+             f"`{res['params']}`) by `make readme`.*"]
+    return "\n".join(lines)
+
+
 def _display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(config.REPO_ROOT))
@@ -78,7 +102,9 @@ def update(readme: str | Path = README, metrics_path: str | Path = TINY_METRICS)
     new = replace_block(new, "params", params_reference())
     if Path(metrics_path).exists():
         new = replace_block(new, "headline", headline_block(metrics_path))
-    changed = [n for n in ("params", "headline") if current_block(text, n) != current_block(new, n)]
+    if KD_VS_SFT.exists() and _block("kd_vs_sft").search(new):
+        new = replace_block(new, "kd_vs_sft", kd_vs_sft_block(KD_VS_SFT))
+    changed = [n for n in ("params", "headline", "kd_vs_sft") if current_block(text, n) != current_block(new, n)]
     if new != text:
         readme.write_text(new)
     return changed

@@ -49,7 +49,7 @@ def synthetic_pool(n: int, *, data_params: dict, seed: int) -> list[dict]:
 
 
 def _fingerprint(ref, collator, records, max_new_tokens: int) -> str:
-    parts = {"teacher": {n: d["sha256"] for n, d in cache.teacher_digest(ref).items()}, "dtype": ref.dtype,
+    parts = {"format": 2, "teacher": {n: d["sha256"] for n, d in cache.teacher_digest(ref).items()}, "dtype": ref.dtype,
              "quantization": ref.quantization, "records": cache.records_digest(records),
              "processor": cache.processor_digest(collator), "max_new_tokens": max_new_tokens}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -63,7 +63,7 @@ def teacher_answers(ref, collator, records: list[dict], folder, *, max_new_token
     fingerprint of (teacher, records, processor, max_new_tokens): rerunning reuses them without loading the teacher.
     Returns (records, regenerated).
     """
-    from fslib import data, evaluate
+    from fslib import data
 
     folder = Path(folder)
     checkpoint.recover(folder)
@@ -75,10 +75,12 @@ def teacher_answers(ref, collator, records: list[dict], folder, *, max_new_token
         answers, regenerated = json.loads(saved.read_text())["answers"], False
     else:
         gen = dataclasses.replace(collator, train=False)
-        texts = evaluate.generate_answers(ref.load(), gen, records, batch_size=batch_size,
-                                          max_new_tokens=max_new_tokens, desc="teacher answers")
-        answers, regenerated = {r["id"]: t for r, t in zip(records, texts)}, True
-    answered = [{**r, "answer": answers[r["id"]], "answered_by": "teacher"} for r in records]
+        texts, probs = generate_with_confidence(ref.load(), gen, records, batch_size=batch_size,
+                                                max_new_tokens=max_new_tokens)
+        answers = {r["id"]: {"text": t, "confidence": p} for r, t, p in zip(records, texts, probs)}
+        regenerated = True
+    answered = [{**r, "answer": answers[r["id"]]["text"], "confidence": answers[r["id"]]["confidence"],
+                 "answered_by": "teacher"} for r in records]
     if regenerated or not (folder / "data").exists():
         tmp = checkpoint.fresh_tmp(folder)
         tmp.mkdir(parents=True)
@@ -86,6 +88,38 @@ def teacher_answers(ref, collator, records: list[dict], folder, *, max_new_token
         (tmp / "answers.json").write_text(json.dumps({"fingerprint": fp, "answers": answers}, indent=1))
         checkpoint.swap_in(tmp, folder)
     return answered, regenerated
+
+
+@torch.no_grad()
+def generate_with_confidence(model, collator, records: list[dict], *, batch_size: int = 8,
+                             max_new_tokens: int = 16) -> tuple[list[str], list[float]]:
+    """Greedy answers and each answer's probability under the model: the product of its tokens' probabilities,
+    the closing ``<|im_end|>`` included (what a confidence threshold on pseudo-labels filters on)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    tok = collator.processor.tokenizer
+    stops = {tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id}
+    texts, probs = [], []
+    for i in tqdm(range(0, len(records), batch_size), desc="teacher answers", leave=False):
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v
+                  for k, v in collator(records[i:i + batch_size])["inputs"].items()}
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True,
+                             output_scores=True)
+        new = out.sequences[:, inputs["input_ids"].shape[1]:]
+        logp = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        for row, lp in zip(new.tolist(), logp):
+            end = next((j for j, t in enumerate(row) if t in stops), len(row) - 1)
+            probs.append(float(lp[:end + 1].sum().exp()))
+        texts += [a.strip() for a in tok.batch_decode(new, skip_special_tokens=True)]
+    return texts, probs
+
+
+def confident(answered: list[dict], min_confidence: float) -> list[dict]:
+    """The teacher's answers at least ``min_confidence`` probable (0 keeps all): pseudo-label filtering, as in
+    Noisy Student / FixMatch, so a teacher's guesses on questions it cannot answer do not become training labels."""
+    return [r for r in answered if r.get("confidence", 1.0) >= min_confidence]
 
 
 @torch.no_grad()

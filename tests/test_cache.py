@@ -117,3 +117,33 @@ def test_unlabelled_pool_is_disjoint_and_teacher_answers_are_cached(tmp_path, te
     ref = cache.TeacherRef(teacher_path)
     again, regenerated = seqkd.teacher_answers(ref, collator, pool, tmp_path / "s", max_new_tokens=3)
     assert not regenerated and ref._model is None and again == answered
+
+
+def test_teacher_answer_confidence_is_the_answer_probability_and_filters(teacher_path, collator, small_splits):
+    """The confidence equals exp(sum of log-probs) of the answer's tokens, <|im_end|> included, under a forward pass."""
+    import dataclasses
+
+    import torch
+
+    from fslib import collate, models
+
+    records = small_splits["train"][:3]
+    model = models.load_model(teacher_path, frozen=True)
+    texts, probs = seqkd.generate_with_confidence(model, dataclasses.replace(collator, train=False), records,
+                                                  batch_size=3, max_new_tokens=6)
+    compared = 0
+    for record, text, p in zip(records, texts, probs):
+        batch = collator([{**record, "answer": text}])
+        labels = batch["labels"][0]
+        with torch.no_grad():
+            logits = model(**batch["inputs"]).logits[0]
+        pos = (labels != collate.IGNORE_INDEX).nonzero().flatten()
+        if len(pos) > 6:  # the answer ran to max_new_tokens without <|im_end|>: its probability is not comparable
+            continue
+        logp = torch.log_softmax(logits[pos - 1].float(), -1).gather(1, labels[pos][:, None]).sum()
+        assert 0 < p <= 1 and p == pytest.approx(float(logp.exp()), rel=1e-3, abs=1e-6)
+        compared += 1
+    assert compared
+    answered = [{"id": str(i), "confidence": c} for i, c in enumerate((0.9, 0.2, 0.5))]
+    assert [r["id"] for r in seqkd.confident(answered, 0.5)] == ["0", "2"]
+    assert seqkd.confident(answered, 0.0) == answered

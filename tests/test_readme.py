@@ -51,3 +51,19 @@ def test_update_rewrites_only_the_marked_blocks(tmp_path, tiny_run):
     text = path.read_text()
     assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("end\n") and "STALE-CONTENT" not in text
     assert readme.update(path, tiny_run / "metrics.json") == []
+
+
+def test_kd_vs_sft_block_is_read_from_the_benchmark_json(tmp_path):
+    runs = [{"seed": s, "n_eval": 96, "exact_match": {"teacher": 0.5, "kd": 0.4 + s / 100, "kd_labelled": 0.38,
+                                                      "sft": 0.35, "teacher_blind": 0.2}} for s in (0, 1)]
+    res = {"runs": runs, "mean_exact_match": {"teacher": 0.5, "kd": 0.405, "kd_labelled": 0.38, "sft": 0.35,
+                                              "teacher_blind": 0.2},
+           "targets": {"kd_minus_sft": 0.055, "kd_minus_sft_target": 0.03, "kd_over_teacher": 0.81,
+                       "kd_over_teacher_target": 0.9},
+           "params": "params/tiny.yaml", "environment": {"command": "python benchmarks/kd_vs_sft.py"}}
+    path = tmp_path / "kd_vs_sft.json"
+    path.write_text(json.dumps(res))
+    block = readme.kd_vs_sft_block(path)
+    assert "| seed 1 | 0.500 | 0.410 | 0.380 | 0.350 | 0.200 |" in block
+    assert "+0.055" in block and "target ≥ +0.03: met" in block and "0.81 (target ≥ 0.90: **not met**)" in block
+    assert readme.current_block(TEXT, "kd_vs_sft"), "README has no kd_vs_sft block: run `make readme`"
