@@ -143,7 +143,8 @@ def build_embedded(name: str, root: str | Path, corpus: list[str]) -> Path:
                          + ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_PRESETS))
     out = Path(root) / preset_name
     preset = dict(EMBEDDED_PRESETS[preset_name])
-    recipe_pretrain = preset.pop("pretrain") if os.environ.get(PRETRAIN_ENV, "1") != "0" else {}
+    recipe_pretrain = preset.pop("pretrain", None) if os.environ.get(PRETRAIN_ENV, "1") != "0" else None
+    preset.pop("pretrain", None)
     # What the folder was built from: a changed preset, pre-training recipe, pixel bound or tokenizer corpus rebuilds
     # it, so a run folder never keeps serving a stale model under a current name.
     recipe = {"preset": preset, "pixels": TINY_PIXELS,
@@ -153,7 +154,8 @@ def build_embedded(name: str, root: str | Path, corpus: list[str]) -> Path:
     if stamp.exists() and json.loads(stamp.read_text()).get("recipe") == recipe:
         return out
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    cached = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "firstsight") / "embedded" / f"{preset_name}-{key}"
+    cache_root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "firstsight")
+    cached = cache_root / "embedded" / f"{preset_name}-{key}"
     if not (cached / stamp.name).exists():
         try:
             _build(cached, preset, recipe, corpus, stamp.name)
