@@ -294,7 +294,8 @@ def write_training_summary(out_dir, histories: dict, *, teacher_path: str, stude
     keys = ("epochs", "batch_size", "grad_accum", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm",
             "temperature", "alpha", "divergence", "beta", "kd_impl", "kd_chunk_size", "teacher_cache",
             "teacher_cache_topk", "gradient_checkpointing", "student_lora", "freeze_vision", "teacher_quantization",
-            "teacher_dtype", "student_dtype", "n_unlabelled", "prepare_teacher", "teacher_freeze_vision", "onpolicy_lambda", "num_processes", "seed")
+            "teacher_dtype", "student_dtype", "n_unlabelled", "teacher_answer_min_confidence", "prepare_teacher",
+            "teacher_freeze_vision", "onpolicy_lambda", "num_processes", "seed")
     summary = {"models": models, "teacher_model": params["teacher_model"], "student_model": params["student_model"],
                "embedded": params["student_model"].startswith("embedded:"),
                "training": {k: params[k] for k in keys if k in params},

@@ -16,6 +16,14 @@ def test_four_notebooks_end_to_end(tiny_run):
         assert {"params", "exact_match", "f1", "latency_s"} <= set(metrics["models"][name])
     assert metrics["params"]["run_name"] == "e2e" and metrics["params"]["n_train"] == 16
     assert metrics["models"]["teacher"]["params"] > metrics["models"]["student"]["params"]
+    # With teacher-answered questions: KD on the labelled questions alone is measured too, and the KD student took
+    # exactly the SFT baseline's optimizer steps (its epochs are windows over the larger train set).
+    assert "exact_match" in metrics["models"]["kd_labelled_student"]
+    steps = {k: len(json.loads((run / k / "training_history.json").read_text())["steps"])
+             for k in ("kd_student", "kd_labelled_student", "sft_student")}
+    assert len(set(steps.values())) == 1, steps
+    answered = json.loads((run / "seqkd" / "answers.json").read_text())["answers"]
+    assert len(answered) == 6 and all(0 < a["confidence"] <= 1 for a in answered.values())
     for stage in config.NOTEBOOKS:
         nb = json.loads((run / "notebooks" / f"{stage}.ipynb").read_text())
         assert not nb["metadata"]["papermill"].get("exception")
