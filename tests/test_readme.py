@@ -39,7 +39,7 @@ def test_headline_block_reads_a_run(tiny_run):
     block = readme.headline_block(tiny_run / "metrics.json")
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert f"{metrics['models']['student']['exact_match']:.3f}" in block
-    assert "| student | KD student |" in block
+    assert "| student | KD student (labelled + teacher-answered questions) |" in block
 
 
 def test_update_rewrites_only_the_marked_blocks(tmp_path, tiny_run):
