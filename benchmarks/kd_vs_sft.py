@@ -35,8 +35,11 @@ def run_seed(params_file: Path, seed: int, reports_dir: str) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(params, f)
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "fslib.pipeline", f.name, "--stages", "01_data", "02_distill",
-                    "03_evaluate"], cwd=ROOT, check=True)
+    try:
+        subprocess.run([sys.executable, "-m", "fslib.pipeline", f.name, "--stages", "01_data", "02_distill",
+                        "03_evaluate"], cwd=ROOT, check=True)
+    finally:
+        Path(f.name).unlink()
     metrics = json.loads((ROOT / reports_dir / run_name / "metrics.json").read_text())
     models = metrics["models"]
     row = {k: models.get(name, {}).get("exact_match") for k, name in ROWS.items()}

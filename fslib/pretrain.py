@@ -9,8 +9,8 @@ therefore pre-trained once, when it is built, in two stages:
 1. **Vision** (as CLIP/DFN pre-training): the vision tower and its merger learn to *label every visual token*: which
    object categories, colours and hands the 28x28-pixel cell under the token shows, and where in the image the cell
    is. The position targets matter: Qwen2-VL's tower has no absolute position embedding (2D RoPE is relative), and
-   the language model's M-RoPE gives the image's width axis its lowest frequencies (rotations of ~1e-4 rad across a
-   4-token-wide grid), so without them a small model cannot tell "my left hand" from "my right hand".
+   the language model's M-RoPE gives the image's width axis its lowest frequencies (under 1e-3 rad across the tiny
+   pair's 4-token-wide grid), so without them a small model cannot tell "my left hand" from "my right hand".
 2. **Alignment** (as the real pair's caption and instruction stages): with the tower frozen, the whole language model
    learns to describe scenes (``"table: red cup, blue phone. left hand: nothing. right hand: green apple."``) and,
    where the recipe says so, to answer questions of the task's kinds.
@@ -19,9 +19,10 @@ All scenes come from their own seed streams (``fslib.synth.stream_records``), di
 ood and unlabelled scene, and never show the default held-out colour-object pairs. Labels and captions are exact, read
 from each scene's layout. The recipe is part of the embedded model's build stamp: a change rebuilds the model.
 
-Fine-tuning a pre-trained tower with AdamW at the tiny default's learning rate scrambles it within a few dozen
-steps (Adam's normalised updates move every weight by ~lr whatever the gradient), so 02 keeps vision towers frozen
-by default, as the common Qwen2-VL fine-tuning recipes do (LLaMA-Factory's ``freeze_vision_tower: true``).
+Fine-tuning a pre-trained tower with AdamW at the tiny default's learning rate undid it: with the tower trainable,
+the teacher's answers were the same with and without the image; with it frozen, colour questions were answered from
+the image (Adam's normalised updates move every weight by about lr, however small its gradient). So 02 keeps vision
+towers frozen by default, as the common Qwen2-VL fine-tuning recipes do (LLaMA-Factory's ``freeze_vision_tower``).
 """
 from __future__ import annotations
 
@@ -101,15 +102,18 @@ def pretrain_vision(model, image_processor, *, scenes: int, epochs: int, lr: flo
     visual, merge = model.model.visual, image_processor.merge_size
     n_eval = max(64, scenes // 16)
     records = synth.stream_records("pretrain-vision", scenes + n_eval, seed=seed, video_fraction=0.0, **SCENE)
-    batches = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        enc = image_processor(images=[r["image"] for r in chunk], return_tensors="pt")
-        grids = enc["image_grid_thw"]
-        labels = torch.cat([cell_labels(r["scene"], int(g[1]) // merge, int(g[2]) // merge)
-                            for r, g in zip(chunk, grids)])
-        batches.append((enc["pixel_values"], grids, labels))
-    train_b, eval_b = batches[:scenes // batch_size], batches[scenes // batch_size:]
+    def batches(recs):
+        out = []
+        for start in range(0, len(recs), batch_size):
+            chunk = recs[start:start + batch_size]
+            enc = image_processor(images=[r["image"] for r in chunk], return_tensors="pt")
+            grids = enc["image_grid_thw"]
+            labels = torch.cat([cell_labels(r["scene"], int(g[1]) // merge, int(g[2]) // merge)
+                                for r, g in zip(chunk, grids)])
+            out.append((enc["pixel_values"], grids, labels))
+        return out
+
+    train_b, eval_b = batches(records[:scenes]), batches(records[scenes:])
     head = torch.nn.Linear(model.config.vision_config.hidden_size, len(LABELS))
     visual.requires_grad_(True)
     params = [*visual.parameters(), *head.parameters()]

@@ -20,12 +20,10 @@ _SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid", "dev"
 def _hub_splits(source: str, fmt: str) -> list[str] | None:
     """The split names of a saved DatasetDict folder or hub dataset; None for a single file or a plain Dataset."""
     p = Path(source)
-    if fmt not in ("auto", "hf") or (p.exists() and not p.is_dir()):
-        return None
-    if p.is_dir() and (p / "dataset_dict.json").exists():
+    if p.is_dir() and (p / "dataset_dict.json").exists() and fmt in ("auto", "hf"):
         import json
         return list(json.loads((p / "dataset_dict.json").read_text())["splits"])
-    if not p.exists():
+    if not p.exists() and fmt == "hf":  # a hub id (a missing local path with fmt auto is a clear "not found")
         from datasets import get_dataset_split_names
         return list(get_dataset_split_names(source))
     return None
@@ -67,15 +65,19 @@ def _tagged(splits: dict) -> dict:
 
 
 def check_limits(splits: dict, tokens: dict, *, max_length: int, max_visual_tokens: int, on_bad_sample: str,
-                 source: str) -> tuple[dict, list[dict]]:
+                 source: str) -> tuple[dict, dict, list[dict]]:
     """Drop (``skip``) or refuse (``error``) samples longer than ``max_length`` or with more visual tokens than
-    ``max_visual_tokens`` (0: no limit), naming the source, split and record."""
-    kept, skipped = {}, []
+    ``max_visual_tokens`` (0: no limit), naming the source, split and record. Returns the kept records, their token
+    counts (``tokens`` filtered alike) and the skipped list."""
+    kept, kept_tokens, skipped = {}, {}, []
     for name, records in splits.items():
         t = tokens[name]
         lengths = [a + b for a, b in zip(t["text_tokens"], t["visual_tokens"])]
         kept[name], bad = data.check_sample_limits(records, lengths, t["visual_tokens"], max_length=max_length,
                                                    max_visual_tokens=max_visual_tokens or None,
                                                    on_bad_sample=on_bad_sample, source=f"{source} [{name}]")
+        keep = {id(r) for r in kept[name]}
+        mask = [id(r) in keep for r in records]
+        kept_tokens[name] = {k: [v for v, m in zip(vals, mask) if m] for k, vals in t.items()}
         skipped += bad
-    return kept, skipped
+    return kept, kept_tokens, skipped

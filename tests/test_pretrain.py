@@ -1,7 +1,6 @@
 """The embedded pair's pre-training: exact labels and captions, disjoint scenes, the stages and the build cache."""
 import json
 
-import pytest
 import torch
 
 from fslib import models, pretrain, synth
@@ -100,8 +99,3 @@ def test_build_runs_pretraining_once_per_machine_and_stamps_it(tmp_path, monkeyp
     stamp = json.loads((tmp_path / "run2" / "tiny-student" / "firstsight_embedded.json").read_text())
     assert stamp["recipe"]["pretrain"] is None and stamp["pretraining"] is None and len(calls) == 1
 
-
-@pytest.mark.parametrize("bad", [{"vision": {"scenes": 32, "epochs": 1}}])
-def test_a_stage_without_its_settings_is_refused(student_path, processor, bad):
-    with pytest.raises(TypeError):
-        pretrain.pretrain(models.load_model(student_path), processor, bad, progress=False)

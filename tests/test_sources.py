@@ -64,9 +64,11 @@ def test_limits_name_the_source_split_and_record():
     with pytest.raises(data.DataError, match=r"mine\.jsonl \[train\], index 1: record 'b': 34 tokens"):
         sources.check_limits(splits, tokens, max_length=20, max_visual_tokens=0, on_bad_sample="error",
                              source="mine.jsonl")
-    kept, skipped = sources.check_limits(splits, tokens, max_length=20, max_visual_tokens=16, on_bad_sample="skip",
-                                         source="mine.jsonl")
+    kept, kept_tokens, skipped = sources.check_limits(splits, tokens, max_length=20, max_visual_tokens=16,
+                                                      on_bad_sample="skip", source="mine.jsonl")
     assert [r["id"] for r in kept["train"]] == ["a"] and kept["val"] == []
+    assert kept_tokens == {"train": {"text_tokens": [10], "visual_tokens": [4]},
+                           "val": {"text_tokens": [], "visual_tokens": []}}
     assert [s["reason"].split(":")[0] for s in skipped] == ["record 'b'", "record 'c'"]
 
 
