@@ -39,7 +39,9 @@ QWEN2VL_CHAT_TEMPLATE = (
     "<|im_start|>assistant\n{% endif %}"
 )
 
-# Tiny presets. Sizes mirror the real pair's *shape*: the teacher is wider and deeper than the student, and its
+# Tiny presets. Sizes mirror the real pair's *shape*: Qwen2-VL-2B and -7B share the vision tower's architecture (the
+# same 675M-parameter ViT) and the language model's depth (28 layers), and the 7B is wider (3584 vs 1536). So here
+# both have the same 3-block vision tower and 4 text layers, and the teacher's text model is twice as wide. Its
 # output layer is padded 128 rows further (152,064 vs 151,936 in the real pair), so vocabulary alignment is always
 # exercised. head_dim is 32 for every text model, so mrope_section sums to head_dim / 2 = 16.
 # ``pretrain`` is the recipe of ``fslib.pretrain`` (vision tower, then alignment with the tower frozen). The teacher,
@@ -49,9 +51,9 @@ EMBEDDED_PRESETS: dict[str, dict] = {
     "tiny-teacher": dict(hidden=128, layers=4, heads=4, kv_heads=2, ffn=512,
                          vis_depth=3, vis_dim=128, vis_heads=4, vocab_pad=128, seed=1,
                          pretrain={"seed": 1, "vision": {"scenes": 2048, "epochs": 8, "lr": 2e-3},
-                                   "align": {"captions": 2000, "questions": 2000, "epochs": 2, "lr": 2e-3}}),
-    "tiny-student": dict(hidden=64, layers=2, heads=2, kv_heads=1, ffn=256,
-                         vis_depth=2, vis_dim=64, vis_heads=4, vocab_pad=0, seed=2,
+                                   "align": {"captions": 2000, "questions": 6000, "epochs": 2, "lr": 2e-3}}),
+    "tiny-student": dict(hidden=64, layers=4, heads=2, kv_heads=1, ffn=256,
+                         vis_depth=3, vis_dim=128, vis_heads=4, vocab_pad=0, seed=2,
                          pretrain={"seed": 2, "vision": {"scenes": 2048, "epochs": 8, "lr": 2e-3},
                                    "align": {"captions": 2000, "questions": 0, "epochs": 2, "lr": 2e-3}}),
 }
