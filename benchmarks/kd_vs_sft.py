@@ -1,6 +1,6 @@
 """Does distillation beat plain fine-tuning? The tiny default over several seeds, the fair protocol of issue 4.
 
-    .venv/bin/python benchmarks/kd_vs_sft.py                      # seeds 0 1 2, params/tiny.yaml (~12 min, 2 cores)
+    .venv/bin/python benchmarks/kd_vs_sft.py                      # seeds 0 1 2, params/tiny.yaml (15-20 min, 2 cores)
     .venv/bin/python benchmarks/kd_vs_sft.py --seeds 0 --params params/tiny.yaml
 
 For each seed it runs 01, 02 and 03 (papermill, exactly as ``make report``) into ``reports/kd-vs-sft-seed<N>`` with

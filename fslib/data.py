@@ -3,7 +3,8 @@
 Every loader returns records in the same dict form as ``fslib.synth`` (id, split, scene_seed, qtype, media,
 question, answer, aliases, image, video, pairs, target) plus a list of skipped samples. A bad sample either raises
 ``DataError`` naming the file and the record, or (``on_bad_sample="skip"``) is left out and listed in ``skipped``
-as {"file", "record", "reason"}. Nothing is ever replaced by stand-in data.
+as {"file", "record", "reason"}. Nothing is ever replaced by stand-in data. Choosing the loader by format and the
+length / visual-token limits are in ``fslib.sources`` (``load_user_data``, ``check_sample_limits``).
 """
 from __future__ import annotations
 
@@ -344,47 +345,3 @@ def load_hf_vlm(path_or_id, *, split: str | None = None, on_bad_sample: str = "e
         except _Bad as exc:
             _bad(DataError(path_or_id, i, str(exc)), on_bad_sample, skipped)
     return records, skipped
-
-
-def detect_format(path) -> str:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{path}: not found (for a hub dataset id pass fmt='hf')")
-    if p.is_dir() and any((p / f).exists() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
-        return "hf"
-    if p.suffix == ".jsonl":
-        return "jsonl"
-    if p.suffix == ".json":
-        return "llava"
-    raise ValueError(f"{path}: cannot tell the format; pass fmt= one of {FORMATS}")
-
-
-def load_user_data(path, fmt: str = "auto", on_bad_sample: str = "error", **kwargs) -> tuple[list[dict], list[dict]]:
-    """Load users' own data as (records, skipped). ``fmt``: "auto" (by suffix / folder), or one of FORMATS;
-    ``kwargs`` go to the loader (split=, media_root=, max_frames=)."""
-    check_on_bad_sample(on_bad_sample)
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    loaders = {"jsonl": load_jsonl, "llava": load_llava_json, "hf": load_hf_vlm}
-    if fmt not in loaders:
-        raise ValueError(f"fmt must be 'auto' or one of {FORMATS}, got {fmt!r}")
-    return loaders[fmt](path, on_bad_sample=on_bad_sample, **kwargs)
-
-
-def check_sample_limits(records: list[dict], lengths, visual_tokens, *, max_length: int,
-                        max_visual_tokens: int | None, on_bad_sample: str = "error",
-                        source: str = "records") -> tuple[list[dict], list[dict]]:
-    """Keep records whose token length (as counted by the collator) is <= max_length and whose visual-token count
-    is <= max_visual_tokens (None: no visual limit); the others raise or are skipped, named by index and id."""
-    check_on_bad_sample(on_bad_sample)
-    if not len(records) == len(lengths) == len(visual_tokens):
-        raise ValueError(f"{len(records)} records but {len(lengths)} lengths and {len(visual_tokens)} visual counts")
-    kept, skipped = [], []
-    for i, (rec, n, v) in enumerate(zip(records, lengths, visual_tokens)):
-        reason = (f"{int(n)} tokens exceed max_length={max_length}" if n > max_length else
-                  f"{int(v)} visual tokens exceed max_visual_tokens={max_visual_tokens}"
-                  if max_visual_tokens is not None and v > max_visual_tokens else None)
-        if reason is None:
-            kept.append(rec)
-        else:
-            _bad(DataError(source, i, f"record {rec.get('id')!r}: {reason}"), on_bad_sample, skipped)
-    return kept, skipped

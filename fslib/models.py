@@ -51,7 +51,7 @@ EMBEDDED_PRESETS: dict[str, dict] = {
     "tiny-teacher": dict(hidden=128, layers=4, heads=4, kv_heads=2, ffn=512,
                          vis_depth=3, vis_dim=128, vis_heads=4, vocab_pad=128, seed=1,
                          pretrain={"seed": 1, "vision": {"scenes": 2048, "epochs": 8, "lr": 2e-3},
-                                   "align": {"captions": 2000, "questions": 6000, "epochs": 2, "lr": 2e-3}}),
+                                   "align": {"captions": 2000, "questions": 4000, "epochs": 2, "lr": 2e-3}}),
     "tiny-student": dict(hidden=64, layers=4, heads=2, kv_heads=1, ffn=256,
                          vis_depth=3, vis_dim=128, vis_heads=4, vocab_pad=0, seed=2,
                          pretrain={"seed": 2, "vision": {"scenes": 2048, "epochs": 8, "lr": 2e-3},

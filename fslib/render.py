@@ -173,3 +173,39 @@ def render_scene(scene: dict, size: int) -> Image.Image:
     for hand in scene["hands"]:
         _draw_hand(d, hand, S, scene["skin"], scene["sleeve"])
     return _lighting(img.resize((size, size), Image.Resampling.BOX), scene["light"], scene["detail_seed"])
+
+
+def render_clip(scene: dict, motion: tuple, n_frames: int, size: int) -> list[Image.Image]:
+    """A hand reaches from rest to ``scene["objects"][0]``, picks it up and carries it back (or, reversed, puts it
+    down). The hand touches the object at frame (n-1)//2; the object is in the hand from then on."""
+    side, action = motion
+    m = (n_frames - 1) // 2
+    alphas = [t / m for t in range(m + 1)] + [1 - (t - m) / (n_frames - 1 - m) for t in range(m + 1, n_frames)]
+    obj, others = scene["objects"][0], scene["objects"][1:]
+    idx = ("left", "right").index(side)
+    rest, held_r = (scene["hands"][idx]["x"], scene["hands"][idx]["y"]), 0.1
+    frames = []
+    for t, a in enumerate(alphas):
+        hand = {"side": side, "x": rest[0] + a * (obj["x"] - rest[0]), "y": rest[1] + a * (obj["y"] - rest[1]),
+                "held": None if t < m else {**obj, "r": obj["r"] + (1 - a) * (held_r - obj["r"])}}
+        hands = [hand if h["side"] == side else h for h in scene["hands"]]
+        frames.append(render_scene({**scene, "objects": others if t >= m else scene["objects"], "hands": hands}, size))
+    return frames if action == "pickup" else frames[::-1]
+
+
+BLANK_GREY = (128, 128, 128)  # the blind control's uniform grey
+
+
+def blank_like(image: Image.Image) -> Image.Image:
+    """Uniform mid-grey RGB image of the same size: the "blind" control input."""
+    return Image.new("RGB", image.size, BLANK_GREY)
+
+
+def blank_media(record: dict) -> dict:
+    """Copy of ``record`` whose image and video frames are uniform grey of the same sizes (text untouched)."""
+    out = dict(record)
+    if record.get("image") is not None:
+        out["image"] = blank_like(record["image"])
+    if record.get("video"):
+        out["video"] = [blank_like(frame) for frame in record["video"]]
+    return out

@@ -2,7 +2,7 @@
 
 ``data_source: synthetic`` builds the seeded egocentric world (``fslib.synth``). Anything else is a user source:
 a JSONL file, a LLaVA/Qwen fine-tuning JSON, a ``datasets`` folder saved with ``save_to_disk`` or a hub dataset id
-in TRL's messages/images format (``fslib.data.load_user_data``). A source that already has train/validation/test
+in TRL's messages/images format (``load_user_data``). A source that already has train/validation/test
 splits keeps them; otherwise its labelled records are split at random (seeded) by ``val_fraction`` and
 ``test_fraction``. Unlabelled records (no answer) always go to train, where 02 has the teacher answer them.
 """
@@ -40,14 +40,14 @@ def load_splits(source: str, *, fmt: str = "auto", on_bad_sample: str = "error",
         out, skipped = {}, []
         for split, aliases in _SPLIT_NAMES.items():
             found = next((n for n in aliases if n in names), None)
-            recs, bad = data.load_user_data(source, "hf", on_bad_sample, split=found) if found else ([], [])
+            recs, bad = load_user_data(source, "hf", on_bad_sample, split=found) if found else ([], [])
             out[split], skipped = recs, skipped + bad
         if out["val"] and out["test"]:
             return _tagged(out), skipped
         records = out["train"] + out["val"] + out["test"]
     else:
-        kwargs = {"max_frames": max_frames} if fmt != "hf" and data.detect_format(source) != "hf" else {}
-        records, skipped = data.load_user_data(source, fmt, on_bad_sample, **kwargs)
+        kwargs = {"max_frames": max_frames} if fmt != "hf" and detect_format(source) != "hf" else {}
+        records, skipped = load_user_data(source, fmt, on_bad_sample, **kwargs)
     if not records:
         raise data.DataError(source, None, "no usable records" + (f" ({len(skipped)} skipped)" if skipped else ""))
     labelled = [r for r in records if r.get("answer") is not None]
@@ -73,7 +73,7 @@ def check_limits(splits: dict, tokens: dict, *, max_length: int, max_visual_toke
     for name, records in splits.items():
         t = tokens[name]
         lengths = [a + b for a, b in zip(t["text_tokens"], t["visual_tokens"])]
-        kept[name], bad = data.check_sample_limits(records, lengths, t["visual_tokens"], max_length=max_length,
+        kept[name], bad = check_sample_limits(records, lengths, t["visual_tokens"], max_length=max_length,
                                                    max_visual_tokens=max_visual_tokens or None,
                                                    on_bad_sample=on_bad_sample, source=f"{source} [{name}]")
         keep = {id(r) for r in kept[name]}
@@ -81,3 +81,47 @@ def check_limits(splits: dict, tokens: dict, *, max_length: int, max_visual_toke
         kept_tokens[name] = {k: [v for v, m in zip(vals, mask) if m] for k, vals in t.items()}
         skipped += bad
     return kept, kept_tokens, skipped
+
+
+def detect_format(path) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: not found (for a hub dataset id pass fmt='hf')")
+    if p.is_dir() and any((p / f).exists() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        return "hf"
+    if p.suffix == ".jsonl":
+        return "jsonl"
+    if p.suffix == ".json":
+        return "llava"
+    raise ValueError(f"{path}: cannot tell the format; pass fmt= one of {data.FORMATS}")
+
+
+def load_user_data(path, fmt: str = "auto", on_bad_sample: str = "error", **kwargs) -> tuple[list[dict], list[dict]]:
+    """Load users' own data as (records, skipped). ``fmt``: "auto" (by suffix / folder), or one of FORMATS;
+    ``kwargs`` go to the loader (split=, media_root=, max_frames=)."""
+    data.check_on_bad_sample(on_bad_sample)
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    loaders = {"jsonl": data.load_jsonl, "llava": data.load_llava_json, "hf": data.load_hf_vlm}
+    if fmt not in loaders:
+        raise ValueError(f"fmt must be 'auto' or one of {data.FORMATS}, got {fmt!r}")
+    return loaders[fmt](path, on_bad_sample=on_bad_sample, **kwargs)
+
+
+def check_sample_limits(records: list[dict], lengths, visual_tokens, *, max_length: int,
+                        max_visual_tokens: int | None, on_bad_sample: str = "error",
+                        source: str = "records") -> tuple[list[dict], list[dict]]:
+    """Keep records whose token length (as counted by the collator) is <= max_length and whose visual-token count
+    is <= max_visual_tokens (None: no visual limit); the others raise or are skipped, named by index and id."""
+    data.check_on_bad_sample(on_bad_sample)
+    if not len(records) == len(lengths) == len(visual_tokens):
+        raise ValueError(f"{len(records)} records but {len(lengths)} lengths and {len(visual_tokens)} visual counts")
+    kept, skipped = [], []
+    for i, (rec, n, v) in enumerate(zip(records, lengths, visual_tokens)):
+        reason = (f"{int(n)} tokens exceed max_length={max_length}" if n > max_length else
+                  f"{int(v)} visual tokens exceed max_visual_tokens={max_visual_tokens}"
+                  if max_visual_tokens is not None and v > max_visual_tokens else None)
+        if reason is None:
+            kept.append(rec)
+        else:
+            data._bad(data.DataError(source, i, f"record {rec.get('id')!r}: {reason}"), on_bad_sample, skipped)
+    return kept, skipped

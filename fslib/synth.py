@@ -13,10 +13,8 @@ import math
 import random
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image
-
-from fslib.render import CLUTTER_RGB, RGB, SURFACE_RGB, _surface_point, render_scene  # noqa: F401
+from fslib.render import (BLANK_GREY, CLUTTER_RGB, RGB, SURFACE_RGB, _surface_point, blank_like,  # noqa: F401
+                          blank_media, render_clip, render_scene)
 
 GENERATOR_VERSION = "1.0"
 OBJECTS = ("cup", "phone", "keys", "book", "apple", "bottle")
@@ -29,7 +27,6 @@ HANDS = ("left", "right")
 SURFACES = ("table", "counter", "floor")
 DEFAULT_HELD_OUT = ("purple apple", "orange phone", "green cup")
 MAX_COUNT = 6  # the count answers stop at "6"
-BLANK_GREY = (128, 128, 128)
 
 SKIN = ((236, 188, 150), (205, 150, 110), (160, 105, 70), (110, 72, 48))  # low saturation: never an object colour
 SLEEVE = ((40, 40, 45), (90, 90, 95), (150, 150, 150))
@@ -91,21 +88,6 @@ def corpus_text() -> list[str]:
     for answer in answer_vocabulary():
         lines += [answer, *ALIASES.get(answer, [])]
     return list(dict.fromkeys(lines))
-
-
-def blank_like(image: Image.Image) -> Image.Image:
-    """Uniform mid-grey RGB image of the same size: the "blind" control input."""
-    return Image.new("RGB", image.size, BLANK_GREY)
-
-
-def blank_media(record: dict) -> dict:
-    """Copy of ``record`` whose image and video frames are uniform grey of the same sizes (text untouched)."""
-    out = dict(record)
-    if record.get("image") is not None:
-        out["image"] = blank_like(record["image"])
-    if record.get("video"):
-        out["video"] = [blank_like(frame) for frame in record["video"]]
-    return out
 
 
 # ------------------------------------------------------------------------ question specs (what the scene must show)
@@ -264,24 +246,6 @@ def _layout_scene(rng: random.Random, spec: dict, surface: str, clutter: int) ->
     return {"surface": surface, "geo": geo, "objects": objects, "hands": hands, "light": light, "clutter": clutter,
             "skin": rng.choice(SKIN), "sleeve": rng.choice(SLEEVE), "bg_jitter": rng.uniform(0.92, 1.08),
             "detail_seed": rng.getrandbits(32)}
-
-
-def render_clip(scene: dict, motion: tuple, n_frames: int, size: int) -> list[Image.Image]:
-    """A hand reaches from rest to ``scene["objects"][0]``, picks it up and carries it back (or, reversed, puts it
-    down). The hand touches the object at frame (n-1)//2; the object is in the hand from then on."""
-    side, action = motion
-    m = (n_frames - 1) // 2
-    alphas = [t / m for t in range(m + 1)] + [1 - (t - m) / (n_frames - 1 - m) for t in range(m + 1, n_frames)]
-    obj, others = scene["objects"][0], scene["objects"][1:]
-    idx = HANDS.index(side)
-    rest, held_r = (scene["hands"][idx]["x"], scene["hands"][idx]["y"]), 0.1
-    frames = []
-    for t, a in enumerate(alphas):
-        hand = {"side": side, "x": rest[0] + a * (obj["x"] - rest[0]), "y": rest[1] + a * (obj["y"] - rest[1]),
-                "held": None if t < m else {**obj, "r": obj["r"] + (1 - a) * (held_r - obj["r"])}}
-        hands = [hand if h["side"] == side else h for h in scene["hands"]]
-        frames.append(render_scene({**scene, "objects": others if t >= m else scene["objects"], "hands": hands}, size))
-    return frames if action == "pickup" else frames[::-1]
 
 
 # ------------------------------------------------------------------------------------------------ records

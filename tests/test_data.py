@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fslib import data, synth
+from fslib import data, sources, synth
 
 
 def _png(path, colour=(200, 30, 30), size=(32, 24)):
@@ -92,7 +92,7 @@ def test_jsonl_round_trip(media):
         {"video": ["clip/frame_2.png", "clip/frame_1.png"], "question": "Order?"},
         {"video": "clip.mp4", "question": "How bright?", "answer": "dim", "id": "mp4-sample"},
     ])
-    recs, skipped = data.load_user_data(path, max_frames=4)
+    recs, skipped = sources.load_user_data(path, max_frames=4)
     assert skipped == [] and [r["media"] for r in recs] == ["image", "video", "video", "video"]
     assert recs[0]["image"].getpixel((0, 0)) == (200, 30, 30) and recs[0]["aliases"] == ["crimson"]
     assert [f.getpixel((0, 0))[0] for f in recs[1]["video"]] == [20, 40, 200] and recs[1]["qtype"] == "video_custom"
@@ -110,7 +110,7 @@ def test_llava_round_trip(media):
             {"from": "system", "value": "Be brief."}, {"from": "human", "value": "<video> What moved?"},
             {"from": "gpt", "value": "nothing"}]}]
     (media / "llava.json").write_text(json.dumps(items))
-    recs, skipped = data.load_user_data(media / "llava.json")
+    recs, skipped = sources.load_user_data(media / "llava.json")
     assert skipped == [] and [r["id"] for r in recs] == ["s1-t0", "s1-t1", "s1-t2", "s2-t0"]
     assert [r["question"] for r in recs] == ["What is this?", "And its colour?", "Anything else?", "What moved?"]
     assert [r["answer"] for r in recs] == ["A red square.", "red", None, "nothing"]
@@ -131,7 +131,7 @@ def test_hf_vlm_round_trip(tmp_path):
     rows = [([{"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "blue"},
               {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "yes"}], [img]),
             ([{"role": "system", "content": "Short answers."}, {"role": "user", "content": "Shape?"}], [img])]
-    recs, skipped = data.load_user_data(_hf_dir(tmp_path, rows))
+    recs, skipped = sources.load_user_data(_hf_dir(tmp_path, rows))
     assert skipped == [] and [(r["question"], r["answer"]) for r in recs] == \
            [("What colour?", "blue"), ("Sure?", "yes"), ("Shape?", None)]
     assert recs[0]["image"].getpixel((0, 0)) == (0, 0, 255)
@@ -169,7 +169,7 @@ def test_jsonl_bad_sample(media, bad, reason):
     with pytest.raises(data.DataError, match=reason) as err:
         data.load_jsonl(path)
     assert "bad.jsonl" in str(err.value) and "line 2" in str(err.value)
-    recs, skipped = data.load_user_data(path, on_bad_sample="skip")
+    recs, skipped = sources.load_user_data(path, on_bad_sample="skip")
     assert len(recs) == 2 and len(skipped) == 1
     assert skipped[0]["record"] == 2 and skipped[0]["file"].endswith("bad.jsonl") and reason in skipped[0]["reason"]
 
@@ -221,26 +221,26 @@ def test_hf_vlm_bad_sample(tmp_path, bad, reason):
 def test_bad_arguments(media):
     path = _jsonl(media / "d.jsonl", [{"image": "a.png", "question": "Q?"}])
     with pytest.raises(ValueError, match="'error', 'skip'"):
-        data.load_user_data(path, on_bad_sample="ignore")
+        sources.load_user_data(path, on_bad_sample="ignore")
     with pytest.raises(ValueError, match="fmt must be"):
-        data.load_user_data(path, fmt="csv")
+        sources.load_user_data(path, fmt="csv")
     with pytest.raises(FileNotFoundError):
-        data.load_user_data(media / "nope.jsonl")
+        sources.load_user_data(media / "nope.jsonl")
 
 
 def test_check_sample_limits():
     recs = [{"id": f"r{i}"} for i in range(4)]
     lengths, visual = [10, 50, 10, 10], [5, 5, 90, 5]
     with pytest.raises(data.DataError, match=r"train.jsonl, index 1: record 'r1': 50 tokens exceed max_length=20"):
-        data.check_sample_limits(recs, lengths, visual, max_length=20, max_visual_tokens=64, source="train.jsonl")
-    kept, skipped = data.check_sample_limits(recs, lengths, visual, max_length=20, max_visual_tokens=64,
+        sources.check_sample_limits(recs, lengths, visual, max_length=20, max_visual_tokens=64, source="train.jsonl")
+    kept, skipped = sources.check_sample_limits(recs, lengths, visual, max_length=20, max_visual_tokens=64,
                                              on_bad_sample="skip", source="train.jsonl")
     assert [r["id"] for r in kept] == ["r0", "r3"]
     assert [(s["record"], s["file"]) for s in skipped] == [(1, "train.jsonl"), (2, "train.jsonl")]
     assert "visual tokens exceed max_visual_tokens=64" in skipped[1]["reason"]
-    kept, _ = data.check_sample_limits(recs, lengths, visual, max_length=100, max_visual_tokens=None)
+    kept, _ = sources.check_sample_limits(recs, lengths, visual, max_length=100, max_visual_tokens=None)
     assert kept == recs
     with pytest.raises(ValueError):
-        data.check_sample_limits(recs, lengths[:2], visual, max_length=1, max_visual_tokens=None)
+        sources.check_sample_limits(recs, lengths[:2], visual, max_length=1, max_visual_tokens=None)
     with pytest.raises(ValueError, match="on_bad_sample"):
-        data.check_sample_limits(recs, lengths, visual, max_length=1, max_visual_tokens=None, on_bad_sample="drop")
+        sources.check_sample_limits(recs, lengths, visual, max_length=1, max_visual_tokens=None, on_bad_sample="drop")
