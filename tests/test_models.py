@@ -19,6 +19,15 @@ def test_teacher_output_layer_is_padded_larger(teacher_path, student_path, proce
     assert t > s >= len(processor.tokenizer)  # as in the real pair: 152,064 > 151,936 > tokenizer size
 
 
+def test_pair_has_the_real_pairs_shape(teacher_path, student_path):
+    """As Qwen2-VL-2B and -7B: one vision tower architecture, one depth, a narrower student language model."""
+    t, s = (models.load_model(p).config for p in (teacher_path, student_path))
+    assert t.vision_config.to_dict() | {"hidden_size": 0} == s.vision_config.to_dict() | {"hidden_size": 0}
+    tt, st = t.get_text_config(), s.get_text_config()
+    assert tt.num_hidden_layers == st.num_hidden_layers and st.hidden_size < tt.hidden_size
+    assert tt.hidden_size // tt.num_attention_heads == st.hidden_size // st.num_attention_heads  # same M-RoPE sections
+
+
 def test_build_is_deterministic(tmp_path, student_path, monkeypatch):
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "fresh-cache"))  # a real second build, not a cached copy
     again = models.resolve_model("embedded:tiny-student", tmp_path)
