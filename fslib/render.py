@@ -1,6 +1,7 @@
 """Drawing of the synthetic egocentric scenes: surface in perspective, clutter, soft shadows, objects, hands, light.
 
 Pure functions of a scene dict (see ``fslib.synth``) and a size: no randomness except from seeds in the scene.
+``render_clip`` draws a pick-up / put-down clip; ``blank_media`` gives the blind control's uniform grey inputs.
 """
 from __future__ import annotations
 

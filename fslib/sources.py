@@ -74,8 +74,8 @@ def check_limits(splits: dict, tokens: dict, *, max_length: int, max_visual_toke
         t = tokens[name]
         lengths = [a + b for a, b in zip(t["text_tokens"], t["visual_tokens"])]
         kept[name], bad = check_sample_limits(records, lengths, t["visual_tokens"], max_length=max_length,
-                                                   max_visual_tokens=max_visual_tokens or None,
-                                                   on_bad_sample=on_bad_sample, source=f"{source} [{name}]")
+                                              max_visual_tokens=max_visual_tokens or None,
+                                              on_bad_sample=on_bad_sample, source=f"{source} [{name}]")
         keep = {id(r) for r in kept[name]}
         mask = [id(r) in keep for r in records]
         kept_tokens[name] = {k: [v for v, m in zip(vals, mask) if m] for k, vals in t.items()}
