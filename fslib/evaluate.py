@@ -180,20 +180,27 @@ def prior_baseline(train: list[dict], records: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def generate_answers(model, collator, records: list[dict], *, batch_size: int = 8, max_new_tokens: int = 16,
-                     desc: str = "generate") -> list[str]:
-    """Greedy answers, decoding only the new tokens (the prompt is stripped)."""
+def generate_batches(model, collator, records: list[dict], *, batch_size: int = 8, max_new_tokens: int = 16,
+                     desc: str = "generate", scores: bool = False):
+    """Greedy generation a batch at a time: yields ``(output, new_token_ids)``; ``output`` carries the per-step
+    scores when ``scores`` is set (for answer probabilities, ``fslib.seqkd.generate_with_confidence``)."""
     model.eval()
     device = next(model.parameters()).device
-    tok = collator.processor.tokenizer
-    answers = []
     for i in tqdm(range(0, len(records), batch_size), desc=desc, leave=False):
         batch = collator(records[i:i + batch_size])
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        new = out[:, inputs["input_ids"].shape[1]:]
-        answers += [a.strip() for a in tok.batch_decode(new, skip_special_tokens=True)]
-    return answers
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             return_dict_in_generate=True, output_scores=scores)
+        yield out, out.sequences[:, inputs["input_ids"].shape[1]:]
+
+
+def generate_answers(model, collator, records: list[dict], *, batch_size: int = 8, max_new_tokens: int = 16,
+                     desc: str = "generate") -> list[str]:
+    """Greedy answers, decoding only the new tokens (the prompt is stripped)."""
+    tok = collator.processor.tokenizer
+    return [a.strip() for _, new in generate_batches(model, collator, records, batch_size=batch_size,
+                                                     max_new_tokens=max_new_tokens, desc=desc)
+            for a in tok.batch_decode(new, skip_special_tokens=True)]
 
 
 def score_models(results: dict, records: dict[str, list[dict]], *, n_resamples: int = 1000, seed: int = 0) -> dict:

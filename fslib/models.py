@@ -145,8 +145,9 @@ def build_embedded(name: str, root: str | Path, corpus: list[str]) -> Path:
                          + ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_PRESETS))
     out = Path(root) / preset_name
     preset = dict(EMBEDDED_PRESETS[preset_name])
-    recipe_pretrain = preset.pop("pretrain", None) if os.environ.get(PRETRAIN_ENV, "1") != "0" else None
-    preset.pop("pretrain", None)
+    recipe_pretrain = preset.pop("pretrain", None)
+    if os.environ.get(PRETRAIN_ENV, "1") == "0":
+        recipe_pretrain = None
     # What the folder was built from: a changed preset, pre-training recipe, pixel bound or tokenizer corpus rebuilds
     # it, so a run folder never keeps serving a stale model under a current name.
     recipe = {"preset": preset, "pixels": TINY_PIXELS,

@@ -95,19 +95,13 @@ def generate_with_confidence(model, collator, records: list[dict], *, batch_size
                              max_new_tokens: int = 16) -> tuple[list[str], list[float]]:
     """Greedy answers and each answer's probability under the model: the product of its tokens' probabilities,
     the closing ``<|im_end|>`` included (what a confidence threshold on pseudo-labels filters on)."""
-    from tqdm.auto import tqdm
+    from fslib.evaluate import generate_batches
 
-    model.eval()
-    device = next(model.parameters()).device
     tok = collator.processor.tokenizer
     stops = {tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id}
     texts, probs = [], []
-    for i in tqdm(range(0, len(records), batch_size), desc="teacher answers", leave=False):
-        inputs = {k: v.to(device) if torch.is_tensor(v) else v
-                  for k, v in collator(records[i:i + batch_size])["inputs"].items()}
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True,
-                             output_scores=True)
-        new = out.sequences[:, inputs["input_ids"].shape[1]:]
+    for out, new in generate_batches(model, collator, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                     desc="teacher answers", scores=True):
         logp = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
         for row, lp in zip(new.tolist(), logp):
             end = next((j for j, t in enumerate(row) if t in stops), len(row) - 1)
