@@ -44,9 +44,11 @@ QWEN2VL_CHAT_TEMPLATE = (
 # both have the same 3-block vision tower and 4 text layers, and the teacher's text model is twice as wide. Its
 # output layer is padded 128 rows further (152,064 vs 151,936 in the real pair), so vocabulary alignment is always
 # exercised. head_dim is 32 for every text model, so mrope_section sums to head_dim / 2 = 16.
-# ``pretrain`` is the recipe of ``fslib.pretrain`` (vision tower, then alignment with the tower frozen). The teacher,
-# like a 7B that already knows the domain, is also instruction-tuned on task-style questions from its own scenes; the
-# student only learns to see and to describe scenes, so the answers are what distillation has to teach it.
+# ``pretrain`` is the recipe of ``fslib.pretrain`` (vision tower, then alignment with the tower frozen). Both real
+# models are -Instruct checkpoints, so both tiny ones are also instruction-tuned on task-style questions from their
+# own scene streams, the teacher on twice as many (4,000 vs 2,000), as the 7B knows more. A student pre-trained
+# without questions could not learn to count from the task's few hundred examples, with the teacher's soft labels or
+# without them: it answered "1" to every count question.
 EMBEDDED_PRESETS: dict[str, dict] = {
     "tiny-teacher": dict(hidden=128, layers=4, heads=4, kv_heads=2, ffn=512,
                          vis_depth=3, vis_dim=128, vis_heads=4, vocab_pad=128, seed=1,
@@ -55,7 +57,7 @@ EMBEDDED_PRESETS: dict[str, dict] = {
     "tiny-student": dict(hidden=64, layers=4, heads=2, kv_heads=1, ffn=256,
                          vis_depth=3, vis_dim=128, vis_heads=4, vocab_pad=0, seed=2,
                          pretrain={"seed": 2, "vision": {"scenes": 2048, "epochs": 8, "lr": 2e-3},
-                                   "align": {"captions": 2000, "questions": 0, "epochs": 2, "lr": 2e-3}}),
+                                   "align": {"captions": 2000, "questions": 2000, "epochs": 2, "lr": 2e-3}}),
 }
 # FIRSTSIGHT_PRETRAIN=0 builds the embedded models without pre-training (random weights): the unit tests use it,
 # since they exercise code paths, not accuracy. The build stamp records it, so the two kinds are never confused.
