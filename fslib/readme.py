@@ -73,6 +73,13 @@ def kd_vs_sft_block(path: str | Path = KD_VS_SFT) -> str:
              f" Each seed's test split has {n} questions.", "",
              f"*Read from `{_display(Path(path))}` (`{res['environment']['command'].strip()}`, params "
              f"`{res['params']}`) by `make readme`.*"]
+    if res.get("mean_per_type"):
+        type_cols = [("teacher", "teacher"), ("kd", "KD student"), ("kd_labelled", "KD, labelled only"),
+                     ("sft", "SFT-only student"), ("base", "starting weights")]
+        type_rows = [[f"`{qtype}`"] + [f(v.get(k)) for k, _ in type_cols]
+                     for qtype, v in res["mean_per_type"].items()]
+        lines[-1:-1] = ["Per question type, mean of the seeds:", "",
+                        headline.markdown_table(["question type", *(label for _, label in type_cols)], type_rows), ""]
     return "\n".join(lines)
 
 

@@ -66,4 +66,10 @@ def test_kd_vs_sft_block_is_read_from_the_benchmark_json(tmp_path):
     block = readme.kd_vs_sft_block(path)
     assert "| seed 1 | 0.500 | 0.410 | 0.380 | 0.350 | 0.200 |" in block
     assert "+0.055" in block and "target ≥ +0.03: met" in block and "0.81 (target ≥ 0.90: **not met**)" in block
+    assert "Per question type" not in block  # older results have no per-type means
+    res["mean_per_type"] = {"count": {"teacher": 0.6, "kd": 0.5, "kd_labelled": 0.45, "sft": 0.3, "base": None}}
+    path.write_text(json.dumps(res))
+    block = readme.kd_vs_sft_block(path)
+    assert "| `count` | 0.600 | 0.500 | 0.450 | 0.300 | — |" in block
+    assert block.index("Per question type") < block.index("*Read from")
     assert readme.current_block(TEXT, "kd_vs_sft"), "README has no kd_vs_sft block: run `make readme`"

@@ -1,0 +1,51 @@
+"""The benchmark scripts' bookkeeping (the measurements themselves are the scripts' job, not the tests')."""
+import importlib.util
+import json
+
+from fslib.config import REPO_ROOT
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _metrics(em: dict, per_type: dict) -> dict:
+    return {"split": "test", "n_eval": 4,
+            "models": {name: {"exact_match": v, "per_type": {t: {"exact_match": per_type[t][name]} for t in per_type}}
+                       for name, v in em.items()}}
+
+
+def test_kd_vs_sft_collect_reads_each_seed_and_averages_per_type(tmp_path):
+    kd_vs_sft = _script("kd_vs_sft")
+    names = ("teacher", "student", "kd_labelled_student", "sft_student", "base_student")
+    for seed, (kd, count_kd) in enumerate([(0.5, 0.75), (0.25, 0.25)]):
+        run = tmp_path / "reports" / f"kd-vs-sft-seed{seed}"
+        run.mkdir(parents=True)
+        em = dict(zip(names, (0.5, kd, 0.4, 0.3, 0.0)))
+        per_type = {"count": dict(zip(names, (1.0, count_kd, 0.5, 0.0, 0.0))),
+                    "colour": dict(zip(names, (0.0, 0.5, 0.5, 0.5, 0.0)))}
+        (run / "metrics.json").write_text(json.dumps(_metrics(em, per_type)))
+    out = tmp_path / "out.json"
+    out.write_text(json.dumps({"runs": [{"run": str(tmp_path / "reports" / "kd-vs-sft-seed0"), "seconds": 12.5}],
+                               "environment": {"command": "python benchmarks/kd_vs_sft.py "}}))
+    assert kd_vs_sft.main(["--collect", "--seeds", "0", "1", "--reports-dir", str(tmp_path / "reports"),
+                           "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["mean_exact_match"]["kd"] == 0.375 and res["mean_exact_match"]["sft"] == 0.3
+    assert res["mean_per_type"]["count"] == {"teacher": 1.0, "kd": 0.5, "kd_labelled": 0.5, "sft": 0.0, "base": 0.0}
+    assert abs(res["targets"]["kd_minus_sft"] - 0.075) < 1e-12 and res["targets"]["kd_over_teacher"] == 0.75
+    assert [r["seconds"] for r in res["runs"]] == [12.5, None]  # the full run's time is kept; unknown stays unknown
+    assert res["environment"]["command"] == "python benchmarks/kd_vs_sft.py "
+    assert res["environment"]["collected_by"].endswith("--collect --seeds 0 1 --reports-dir "
+                                                       f"{tmp_path / 'reports'} --out {out}")
+
+
+def test_kd_vs_sft_collect_names_a_missing_run(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match="kd-vs-sft-seed7/metrics.json does not exist"):
+        _script("kd_vs_sft").main(["--collect", "--seeds", "7", "--reports-dir", str(tmp_path),
+                                   "--out", str(tmp_path / "o.json")])
