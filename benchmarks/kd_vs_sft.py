@@ -1,6 +1,6 @@
 """Does distillation beat plain fine-tuning? The tiny default over several seeds, the fair protocol of issue 4.
 
-    .venv/bin/python benchmarks/kd_vs_sft.py                      # seeds 0 1 2, params/tiny.yaml (15-20 min, 2 cores)
+    .venv/bin/python benchmarks/kd_vs_sft.py                      # seeds 0 1 2, params/tiny.yaml (12 min, 2 cores)
     .venv/bin/python benchmarks/kd_vs_sft.py --seeds 0 --params params/tiny.yaml
     .venv/bin/python benchmarks/kd_vs_sft.py --collect                # re-read the runs of an earlier full run
 
