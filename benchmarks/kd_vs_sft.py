@@ -83,8 +83,9 @@ def main(argv=None) -> int:
     out = ROOT / args.out
     command = "python benchmarks/kd_vs_sft.py " + " ".join(argv or sys.argv[1:])
     ran_by = command
-    if args.collect and out.exists():  # keep what the full run measured: its command and run times
-        previous = json.loads(out.read_text())
+    previous = json.loads(out.read_text()) if args.collect and out.exists() else {}
+    if previous.get("params") == args.params and previous.get("seeds") == args.seeds:
+        # the same runs, measured by a full run: keep its command and run times
         ran_by = previous.get("environment", {}).get("command", command)
         before = {r["run"]: r.get("seconds") for r in previous.get("runs", [])}
         for r in runs:

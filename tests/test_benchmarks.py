@@ -30,6 +30,7 @@ def test_kd_vs_sft_collect_reads_each_seed_and_averages_per_type(tmp_path):
         (run / "metrics.json").write_text(json.dumps(_metrics(em, per_type)))
     out = tmp_path / "out.json"
     out.write_text(json.dumps({"runs": [{"run": str(tmp_path / "reports" / "kd-vs-sft-seed0"), "seconds": 12.5}],
+                               "params": "params/tiny.yaml", "seeds": [0, 1],
                                "environment": {"command": "python benchmarks/kd_vs_sft.py "}}))
     assert kd_vs_sft.main(["--collect", "--seeds", "0", "1", "--reports-dir", str(tmp_path / "reports"),
                            "--out", str(out)]) == 0
@@ -49,3 +50,17 @@ def test_kd_vs_sft_collect_names_a_missing_run(tmp_path):
     with pytest.raises(SystemExit, match="kd-vs-sft-seed7/metrics.json does not exist"):
         _script("kd_vs_sft").main(["--collect", "--seeds", "7", "--reports-dir", str(tmp_path),
                                    "--out", str(tmp_path / "o.json")])
+
+
+def test_kd_vs_sft_collect_keeps_nothing_from_other_runs(tmp_path):
+    kd_vs_sft = _script("kd_vs_sft")
+    names = ("teacher", "student", "kd_labelled_student", "sft_student", "base_student")
+    run = tmp_path / "reports" / "kd-vs-sft-seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(_metrics(dict(zip(names, (0.5, 0.4, 0.4, 0.3, 0.0))), {})))
+    out = tmp_path / "out.json"
+    out.write_text(json.dumps({"runs": [{"run": str(run), "seconds": 99.0}], "params": "params/other.yaml",
+                               "seeds": [0], "environment": {"command": "python benchmarks/kd_vs_sft.py --params x"}}))
+    kd_vs_sft.main(["--collect", "--seeds", "0", "--reports-dir", str(tmp_path / "reports"), "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["runs"][0]["seconds"] is None and "--collect" in res["environment"]["command"]
