@@ -2,6 +2,8 @@
 import importlib.util
 import json
 
+import pytest
+
 from fslib.config import REPO_ROOT
 
 
@@ -45,8 +47,6 @@ def test_kd_vs_sft_collect_reads_each_seed_and_averages_per_type(tmp_path):
 
 
 def test_kd_vs_sft_collect_names_a_missing_run(tmp_path):
-    import pytest
-
     with pytest.raises(SystemExit, match="kd-vs-sft-seed7/metrics.json does not exist"):
         _script("kd_vs_sft").main(["--collect", "--seeds", "7", "--reports-dir", str(tmp_path),
                                    "--out", str(tmp_path / "o.json")])
