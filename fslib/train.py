@@ -117,7 +117,7 @@ def train(student, teacher, processor, train_loader, val_loader, *, out_dir, epo
           alpha: float, gradient_checkpointing: bool = False, label: str = "student", divergence: str = "forward_kl",
           beta: float = 0.5, kd_impl: str = "full", kd_chunk_size: int = 1024, cache=None, save_every: int = 0,
           resume: bool = False, report_to: str = "none", onpolicy: dict | None = None, settings: dict | None = None,
-          seed: int = 0) -> dict:
+          seed: int = 0, vision_memo_gb: float = 2.0) -> dict:
     """Train ``student`` against ``teacher`` (a frozen model), ``cache`` (its offline top-k logits) or the labels
     alone (both None); save ``best`` (lowest validation loss) and ``final`` to ``out_dir``; return the history.
 
@@ -125,20 +125,28 @@ def train(student, teacher, processor, train_loader, val_loader, *, out_dir, epo
     spills into the next epoch. Every ``save_every`` optimizer steps and at every epoch's end the full training
     state is saved to ``out_dir/checkpoint``; ``resume=True`` continues from it (from where a SIGKILL left it).
     ``onpolicy`` = {lambda, max_new_tokens, temperature, collator}: GKD-style student-sampled answers scored by the
-    teacher, for a share lambda of the micro-batches.
+    teacher, for a share lambda of the micro-batches. Frozen vision towers' features are reused across epochs
+    (``fslib.visionmemo``), up to ``vision_memo_gb`` of CPU memory per model (0: recomputed every step);
+    ``history["vision_memo"]`` counts the reuse.
     """
     spec = LossSpec(temperature, alpha, divergence, beta, kd_impl, kd_chunk_size)
     run = setup(student, teacher, processor, train_loader, val_loader, out_dir=Path(out_dir), epochs=epochs,
                 grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
                 max_grad_norm=max_grad_norm, spec=spec, cache=cache, save_every=save_every, resume=resume,
                 report_to=report_to, onpolicy=onpolicy, label=label, seed=seed, settings=settings or {},
-                gradient_checkpointing=gradient_checkpointing)
-    if run.done:
-        return run.history
-    for epoch in range(run.epoch, epochs + 1):
-        _train_epoch(run, epoch)
-        _end_epoch(run, epoch)
-    return _finish(run)
+                gradient_checkpointing=gradient_checkpointing, vision_memo_gb=vision_memo_gb)
+    try:
+        if run.done:
+            return run.history
+        for epoch in range(run.epoch, epochs + 1):
+            _train_epoch(run, epoch)
+            _end_epoch(run, epoch)
+        return _finish(run)
+    finally:
+        from fslib import visionmemo
+
+        for model in (run.student, run.teacher):
+            visionmemo.remove(model)  # the models go back as they came; the memo's memory is freed
 
 
 def _train_epoch(run: Run, epoch: int) -> None:
@@ -184,6 +192,7 @@ def _end_epoch(run: Run, epoch: int) -> None:
 def _finish(run: Run) -> dict:
     _save_model(run, "final")
     run.history["peak_memory_bytes"] = peak_memory()
+    run.history["vision_memo"] = {name: memo.stats() for name, memo in run.memos.items()}
     if run.acc.is_main_process:
         write_json(run.out_dir / "training_history.json", run.history)
     _save_resume(run, run.epochs + 1, 0, done=True)

@@ -64,6 +64,7 @@ class Job:
     resume: bool = False
     report_to: str = "none"
     onpolicy: dict | None = None  # {lambda, max_new_tokens, temperature}
+    vision_memo_gb: float = 2.0  # reuse of frozen vision towers' features (fslib.visionmemo); 0 recomputes them
 
     def but(self, **changes) -> Job:
         return dataclasses.replace(self, **changes)
@@ -122,7 +123,7 @@ def run(job: Job | dict) -> dict:
                           temperature=job.temperature, alpha=job.alpha, label=job.label, divergence=job.divergence,
                           beta=job.beta, kd_impl=job.kd_impl, kd_chunk_size=job.kd_chunk_size, cache=teacher_cache,
                           save_every=job.save_every, resume=job.resume, report_to=job.report_to, onpolicy=onpolicy,
-                          settings=_settings(job), seed=job.seed)
+                          settings=_settings(job), seed=job.seed, vision_memo_gb=job.vision_memo_gb)
     history["models"] = summary
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(Path(job.out_dir) / "training_history.json", history)  # with the summary train() does not know
@@ -140,7 +141,8 @@ def _settings(job: Job) -> dict:
         p = Path(path).resolve()
         return str(p.relative_to(run_root)) if p.is_relative_to(run_root) else str(path)
 
-    out = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("resume", "report_to", "out_dir")}
+    speed_only = ("resume", "report_to", "out_dir", "vision_memo_gb")  # the memo changes time and memory, not results
+    out = {k: v for k, v in dataclasses.asdict(job).items() if k not in speed_only}
     for key in ("student_path", "teacher_path", "data_dir", "cache_dir"):
         out[key] = rel(out[key])
     out["extra_train_dirs"] = [rel(d) for d in out["extra_train_dirs"]]

@@ -50,6 +50,7 @@ class Run:
     best: float = math.inf
     done: bool = False
     last_checkpoint: str = "none yet"
+    memos: dict = field(default_factory=dict)  # fslib.visionmemo per model ("student", "teacher")
 
     def loss_kwargs(self, alpha: float | None = None) -> dict:
         s = self.spec
@@ -96,12 +97,17 @@ def accelerator(out_dir: Path, report_to: str):
                        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
 
 
-def _check_engine(acc, spec, cache, onpolicy) -> None:
-    """Refuse combinations an engine cannot run, before any work."""
+def _sharded(acc) -> bool:
+    """Whether the engine shards the student's weights across processes (FSDP, DeepSpeed ZeRO-3)."""
     from accelerate.utils import DistributedType
 
-    sharded = acc.distributed_type == DistributedType.FSDP or (
+    return acc.distributed_type == DistributedType.FSDP or (
         acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3)
+
+
+def _check_engine(acc, spec, cache, onpolicy) -> None:
+    """Refuse combinations an engine cannot run, before any work."""
+    sharded = _sharded(acc)
     if sharded and spec.impl == "chunked":
         raise ValueError("kd_impl chunked reads the student's whole lm_head weight, which FSDP and ZeRO-3 shard; use "
                          "kd_impl full there (or DDP / ZeRO-2), or teacher_cache, which needs no teacher logits")
@@ -141,6 +147,17 @@ def _prepare(acc, student, *, batch_size: int, max_grad_norm: float, **opt_kw):
     return student, opt, sched
 
 
+def _install_memos(acc, student, teacher, vision_memo_gb: float) -> dict:
+    """Reuse of frozen vision towers' features (``fslib.visionmemo``): the teacher's always (a full frozen copy per
+    process), the student's unless the engine shards its weights (a skipped forward would stall the all-gathers)."""
+    from fslib import visionmemo
+
+    limit = int(vision_memo_gb * 2**30)
+    models = {"teacher": teacher} | ({} if _sharded(acc) else {"student": student})
+    memos = {name: visionmemo.install(m, limit) for name, m in models.items() if m is not None}
+    return {name: memo for name, memo in memos.items() if memo is not None}
+
+
 def _place_teacher(teacher, device) -> None:
     """The teacher is never passed to ``prepare``: no wrapper, no optimizer, one full copy per process (it only runs
     forward, so it needs no gradient sync). A quantised or device_map'ed teacher stays where loading put it."""
@@ -154,7 +171,7 @@ def _place_teacher(teacher, device) -> None:
 
 def setup(student, teacher, processor, train_loader, val_loader, *, out_dir: Path, epochs, grad_accum, lr,
           warmup_ratio, weight_decay, max_grad_norm, spec, cache, save_every, resume, report_to, onpolicy, label,
-          seed, settings, gradient_checkpointing) -> Run:
+          seed, settings, gradient_checkpointing, vision_memo_gb: float = 0.0) -> Run:
     acc = accelerator(out_dir, report_to)
     _check_engine(acc, spec, cache, onpolicy)
     if gradient_checkpointing and not student_lib.is_checkpointing(student):
@@ -166,6 +183,7 @@ def setup(student, teacher, processor, train_loader, val_loader, *, out_dir: Pat
                                    max_grad_norm=max_grad_norm, lr=lr, weight_decay=weight_decay,
                                    warmup_ratio=warmup_ratio, total_steps=epochs * steps_per_epoch)
     _place_teacher(teacher, acc.device)
+    memos = _install_memos(acc, student, teacher, vision_memo_gb)
     settings = {**settings, "label": label, "epochs": epochs, "grad_accum": grad_accum, "lr": lr,
                 "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
                 "loss": vars(spec), "cached": cache is not None, "onpolicy": {k: v for k, v in (onpolicy or {}).items()
@@ -174,7 +192,8 @@ def setup(student, teacher, processor, train_loader, val_loader, *, out_dir: Pat
                 "processes": acc.num_processes, "engine": acc.distributed_type.value, "seed": seed}
     run = Run(acc, student, teacher, cache, processor, opt, sched, train_loader, val_loader, out_dir, spec, label,
               epochs, grad_accum, max_grad_norm, save_every, onpolicy, seed, settings, steps_per_epoch,
-              history={"label": label, "steps": [], "epochs": [], "best_val_loss": None, "settings": settings})
+              history={"label": label, "steps": [], "epochs": [], "best_val_loss": None, "settings": settings},
+              memos=memos)
     _restore(run, resume)
     if report_to != "none":
         acc.init_trackers(label, config={k: str(v) for k, v in settings.items()})

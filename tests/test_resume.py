@@ -36,7 +36,7 @@ def job(tmp_path, small_data_dir, student_path, teacher_path, pixels):
     # 12 train records, micro-batch 2, accumulation 2: 3 optimizer steps per epoch, 6 in all; a checkpoint every 2
     return train_cli.Job(label="kd", out_dir="", student_path=student_path, data_dir=str(small_data_dir),
                          teacher_path=teacher_path, pixels=pixels, max_length=256, batch_size=2, grad_accum=2,
-                         epochs=2, lr=2e-3, save_every=2, seed=0)
+                         epochs=2, lr=2e-3, save_every=2, seed=0, freeze_vision=True)  # both towers memoised
 
 
 def _start(tmp_path, job, name, kill_at=0, resume=False):
