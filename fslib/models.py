@@ -72,11 +72,8 @@ def is_embedded(name: str) -> bool:
     return name.startswith(EMBEDDED_PREFIX)
 
 
-def train_tiny_tokenizer(corpus: list[str], vocab_size: int = 448):
+def train_tiny_tokenizer(corpus: list[str], vocab_size: int = 320):
     """A byte-level BPE trained on the task's text with Qwen2's pre-tokenizer, plus Qwen2-VL's special tokens.
-
-    ``vocab_size`` counts the 256 bytes: 448 leaves room for the task's words as whole tokens, with and without a
-    leading space, as the real Qwen2 vocabulary has them.
 
     Special tokens are appended *after* the learned vocabulary, as in the real tokenizer (ids 151643+ there).
     """
@@ -207,11 +204,7 @@ def default_corpus() -> list[str]:
     """The embedded tokenizer's training text: every question phrasing and answer, and the captions' phrasings."""
     from fslib import pretrain, synth
 
-    # Every answer opens an assistant turn (no leading space): weighted as often as it occurs there, the BPE learns it
-    # as one token. With 64 merges and answers counted once, "bottle" was "b" + "ottle" and "book" "b" + "ook", so an
-    # unsure model said "bottle" (its likeliest first token was the "b" they share) and a caption's " bottle" (one
-    # token) taught nothing about the answer's; answers were also longer to read and to write.
-    return synth.corpus_text() + pretrain.caption_corpus() + synth.answer_vocabulary() * 50
+    return synth.corpus_text() + pretrain.caption_corpus()
 
 
 def resolve_model(name: str, embedded_root: str | Path, corpus_fn=None) -> str:
