@@ -77,7 +77,7 @@ def _prepare(p: dict, n_train: int, work: Path):
     vocab = models.load_model(s_path).get_output_embeddings().weight.shape[0]
     t0 = time.perf_counter()
     tc, _ = cache.ensure(cache.TeacherRef(t_path), col, splits["train"], work / "cache",
-                         k=p["teacher_cache_topk"], vocab=vocab, batch_size=p["batch_size"])
+                         k=p["teacher_cache_topk"], vocab=vocab, batch_size=p["batch_size"], temperature=p["temperature"])
     return (t_path, s_path), loader, tc, time.perf_counter() - t0
 
 

@@ -5,16 +5,20 @@ Layout of ``<run>/teacher_cache/``::
 
     meta.json                     fingerprint, k, vocab, row count, what went into the fingerprint
     index.json                    {record id: [shard, first row, rows]}
-    topk-00000-of-0000N.safetensors   values (rows, k) float16 raw logits at T = 1; indices (rows, k) int32
+    topk-00000-of-0000N.safetensors   values (rows, k) float16 raw logits at T = 1; indices (rows, k) int32;
+                                  log_partition (rows,) float32: logsumexp(logits / T) over the whole vocabulary
 
 Rows are the counted positions of each record (``labels[:, 1:] != -100``: its answer tokens and closing
 ``<|im_end|>``), in order. A record's rows do not depend on the batch it is collated in (right padding), so a
 shuffled batch is the concatenation of its records' rows. The teacher's logits are cut to the student's vocabulary
-before the top k (the rows past it are padding no token maps to). How the k stored logits become a distribution
-(renormalised over the k ids, with a (k+1)-th bucket for the student's remaining mass) is ``fslib.kd.topk_kd_loss``.
+before the top k (the rows past it are padding no token maps to). The log-partition at the training temperature T
+gives the teacher's probabilities at its k ids exactly, and so the mass on the other V - k tokens: the distillation
+target is the teacher's true (k+1)-bucket distribution, the student's collapsed into the same buckets
+(``fslib.kd.topk_kd_loss``). A cache built without a temperature holds no log-partition; the loss then renormalises
+the teacher over its k ids.
 
 The fingerprint hashes the teacher (its config and weight files, dtype, quantisation), every record (id, text and
-pixels), the processor settings, k and the vocabulary: any change gives a new fingerprint and the cache is rebuilt.
+pixels), the processor settings, k, the vocabulary and T: any change gives a new fingerprint and the cache is rebuilt.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 
 from fslib import checkpoint, forward, kd
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the log-partition at T
 SHARD_ROWS = 1 << 20  # ~400 MB per shard at k = 64
 
 
@@ -110,11 +114,12 @@ def processor_digest(collator) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def fingerprint(ref: TeacherRef, collator, records: list[dict], *, k: int, vocab: int, known: dict | None = None):
+def fingerprint(ref: TeacherRef, collator, records: list[dict], *, k: int, vocab: int, known: dict | None = None,
+                temperature: float | None = None):
     """(fingerprint, its parts): a hash of everything the cached rows depend on."""
     parts = {"format": FORMAT_VERSION, "teacher": teacher_digest(ref, known), "dtype": ref.dtype,
              "quantization": ref.quantization, "records": records_digest(records),
-             "processor": processor_digest(collator), "k": k, "vocab": vocab}
+             "processor": processor_digest(collator), "k": k, "vocab": vocab, "temperature": temperature}
     hashed = {**parts, "teacher": {n: d["sha256"] for n, d in parts["teacher"].items()}}
     return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest(), parts
 
@@ -131,14 +136,21 @@ class TeacherCache:
         shards = [load_file(str(self.folder / name)) for name in self.meta["shards"]]
         self.values = [s["values"] for s in shards]
         self.indices = [s["indices"] for s in shards]
+        self.log_partition = [s["log_partition"] for s in shards] if self.temperature is not None else None
 
     @property
     def k(self) -> int:
         return self.meta["k"]
 
-    def rows(self, ids: list[str], counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(values (N, k) float16, indices (N, k) int32) for a batch's records, in batch order."""
-        vals, idxs = [], []
+    @property
+    def temperature(self) -> float | None:
+        """The T of the stored log-partition (None: none stored)."""
+        return self.meta.get("temperature")
+
+    def rows(self, ids: list[str], counts: list[int]):
+        """(values (N, k) float16, indices (N, k) int32, log-partition (N,) float32 or None) for a batch's records,
+        in batch order."""
+        vals, idxs, lse = [], [], []
         for rid, n in zip(ids, counts):
             if rid not in self.index:
                 raise CacheMismatchError(f"record {rid!r} is not in the teacher cache {self.folder}")
@@ -148,52 +160,63 @@ class TeacherCache:
                                          f"{self.folder} is stale (delete it to rebuild)")
             vals.append(self.values[shard][start:start + n])
             idxs.append(self.indices[shard][start:start + n])
-        return torch.cat(vals), torch.cat(idxs)
+            if self.log_partition is not None:
+                lse.append(self.log_partition[shard][start:start + n])
+        return torch.cat(vals), torch.cat(idxs), torch.cat(lse) if self.log_partition is not None else None
 
 
 @torch.no_grad()
-def _topk_rows(teacher, batch: dict, *, k: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def _topk_rows(teacher, batch: dict, *, k: int, vocab: int, temperature: float | None):
     device = next(teacher.parameters()).device
     inputs = forward.to_device(batch["inputs"], device)
     labels = batch["labels"].to(device)
     # logits at the counted positions only: (N, V_t), never (B, L, V_t)
     logits = teacher(**inputs, logits_to_keep=forward.answer_positions(labels)).logits[:, :vocab]
     values, indices = logits.float().topk(k, dim=-1)
+    lse = torch.logsumexp(logits.float() / temperature, dim=-1).cpu() if temperature is not None else None
     counts = (labels[:, 1:] != kd.IGNORE_INDEX).sum(1).tolist()
-    return values.half().cpu(), indices.int().cpu(), counts
+    return values.half().cpu(), indices.int().cpu(), lse, counts
 
 
 def build(teacher, collator, records: list[dict], folder: Path, *, k: int, vocab: int, fp: str, parts: dict,
-          batch_size: int = 8, progress: bool = True) -> Path:
+          batch_size: int = 8, progress: bool = True, temperature: float | None = None) -> Path:
     """One teacher pass over ``records`` (in order, with labels) into ``folder``, written atomically."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     tmp = checkpoint.fresh_tmp(folder)
     tmp.mkdir(parents=True)
-    index, shards, buf, row = {}, [], ([], []), 0
+    index, shards, buf, row = {}, [], ([], [], []), 0
     for i in tqdm(range(0, len(records), batch_size), desc="teacher cache", leave=False, disable=not progress):
         chunk = records[i:i + batch_size]
-        values, indices, counts = _topk_rows(teacher, collator(chunk), k=k, vocab=vocab)
+        values, indices, lse, counts = _topk_rows(teacher, collator(chunk), k=k, vocab=vocab, temperature=temperature)
         for rec, n in zip(chunk, counts):
             index[rec["id"]] = [len(shards), row, n]
             row += n
         buf[0].append(values)
         buf[1].append(indices)
+        buf[2].append(lse)
         if row >= SHARD_ROWS or i + batch_size >= len(records):
             shards.append(f"topk-{len(shards):05d}.safetensors")
-            save_file({"values": torch.cat(buf[0]), "indices": torch.cat(buf[1])}, str(tmp / shards[-1]))
-            buf, row = ([], []), 0
+            tensors = {"values": torch.cat(buf[0]), "indices": torch.cat(buf[1])}
+            if temperature is not None:
+                tensors["log_partition"] = torch.cat(buf[2])
+            save_file(tensors, str(tmp / shards[-1]))
+            buf, row = ([], [], []), 0
     (tmp / "index.json").write_text(json.dumps(index))
-    meta = {"fingerprint": fp, "k": k, "vocab": vocab, "shards": shards, "records": len(records),
+    meta = {"fingerprint": fp, "k": k, "vocab": vocab, "temperature": temperature, "shards": shards,
+            "records": len(records),
             "rows": sum(v[2] for v in index.values()), "parts": parts}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     return checkpoint.swap_in(tmp, folder)
 
 
 def ensure(ref: TeacherRef, collator, records: list[dict], folder, *, k: int, vocab: int,
-           batch_size: int = 8) -> tuple[TeacherCache, bool]:
+           batch_size: int = 8, temperature: float | None = None) -> tuple[TeacherCache, bool]:
     """Open the cache in ``folder`` if its fingerprint matches, else rebuild it (loading the teacher).
+
+    ``temperature``: the distillation T, for the log-partition that gives the teacher's exact tail mass (None: the
+    loss renormalises the teacher over its k ids instead).
 
     Returns (cache, rebuilt). ``records`` must carry their answers (labelled or teacher-answered) and unique ids.
     """
@@ -203,8 +226,10 @@ def ensure(ref: TeacherRef, collator, records: list[dict], folder, *, k: int, vo
         raise ValueError("record ids must be unique to be cached")
     old = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
     k = min(k, vocab)
-    fp, parts = fingerprint(ref, collator, records, k=k, vocab=vocab, known=old.get("parts", {}).get("teacher"))
+    fp, parts = fingerprint(ref, collator, records, k=k, vocab=vocab, known=old.get("parts", {}).get("teacher"),
+                            temperature=temperature)
     if old.get("fingerprint") == fp:
         return TeacherCache(folder), False
-    build(ref.load(), collator, records, folder, k=k, vocab=vocab, fp=fp, parts=parts, batch_size=batch_size)
+    build(ref.load(), collator, records, folder, k=k, vocab=vocab, fp=fp, parts=parts, batch_size=batch_size,
+          temperature=temperature)
     return TeacherCache(folder), True

@@ -132,7 +132,11 @@ def _chunked_loss(student, teacher, inputs, labels, spec: LossSpec) -> kd.KDLoss
 
 def _cached_loss(student, cache, ids, inputs, labels, spec: LossSpec) -> kd.KDLoss:
     counts = (labels[:, 1:] != kd.IGNORE_INDEX).sum(1).tolist()
-    values, indices = cache.rows(ids, counts)
+    values, indices, log_z = cache.rows(ids, counts)
+    if log_z is not None and cache.temperature != spec.temperature:
+        raise ValueError(f"the teacher cache {cache.folder} holds the log-partition at T = {cache.temperature}, not "
+                         f"the training temperature {spec.temperature}: rebuild it with cache.ensure(temperature=...)")
     rows = student(**inputs, logits_to_keep=answer_positions(labels)).logits  # (N, V), row-major like the cache
     seq, seq_labels = _as_sequence(rows, labels)
-    return kd.topk_kd_loss(seq, values.to(rows.device), indices.to(rows.device), seq_labels, **spec.loss_kwargs())
+    return kd.topk_kd_loss(seq, values.to(rows.device), indices.to(rows.device), seq_labels, **spec.loss_kwargs(),
+                           teacher_log_partition=None if log_z is None else log_z.to(rows.device))

@@ -267,20 +267,22 @@ def chunked_kd_loss(student_hidden: Tensor, student_head_weight: Tensor, teacher
 
 def topk_kd_loss(student_logits: Tensor, teacher_topk_values: Tensor, teacher_topk_indices: Tensor,
                  labels: Tensor, *, temperature: float = 3.0, alpha: float = 0.7, divergence: str = "forward_kl",
-                 beta: float = 0.5) -> KDLoss:
+                 beta: float = 0.5, teacher_log_partition: Tensor | None = None) -> KDLoss:
     """``kd_loss`` against an offline teacher cache of its k largest logits per answer token.
 
     Shapes: student_logits (B, L, V); teacher_topk_values (N, k) raw teacher logits (e.g. fp16) and
     teacher_topk_indices (N, k) their token ids (e.g. int32), one row per counted position of the shifted labels,
-    in row-major order (``labels[:, 1:] != -100``); labels (B, L) unshifted.
+    in row-major order (``labels[:, 1:] != -100``); labels (B, L) unshifted; teacher_log_partition (N,) float32,
+    logsumexp(z_t / T) over the teacher's whole (student-sized) vocabulary at this ``temperature``, or None.
 
-    Tail mass. Top-k logits alone do not say how much probability the teacher puts on the other V - k tokens
-    (that needs its log-partition at the training temperature). So the teacher is renormalised over its k ids,
-    softmax(values / T), with an empty "tail" bucket, and the student's softmax(z_s / T) is collapsed into the same
-    k + 1 buckets: its probabilities at the k ids, plus one bucket holding all its other mass. D is then an exact
-    divergence between two (k + 1)-category distributions; with k = V it equals ``kd_loss``. Forward KL thus
-    pushes the student's tail mass towards 0. Reverse KL (and ``jsd`` with beta = 1) would be infinite against
-    an empty teacher bucket, so they raise unless k = V.
+    Tail mass. Both distributions are compared over k + 1 buckets: the teacher's k ids, and one "tail" bucket for
+    all other tokens; the student's softmax(z_s / T) is collapsed into them (its probabilities at the k ids, plus
+    all its other mass). With the log-partition the teacher's buckets are exact: p_t,i = exp(z_i / T - logZ_T) at
+    its k ids and 1 - sum of them in the tail, so D is the exact divergence of the teacher's and student's
+    (k + 1)-bucket distributions (a lower bound on the full-vocabulary D, equal to it with k = V). Without it the
+    teacher is renormalised over its k ids, softmax(values / T), with an empty tail bucket: forward KL then pushes
+    the student's tail mass towards 0, and reverse KL (and ``jsd`` with beta = 1) would be infinite against the
+    empty bucket, so they raise unless k = V.
     """
     _check_args(divergence, beta, temperature, alpha)
     vocab = student_logits.shape[-1]
@@ -293,16 +295,32 @@ def topk_kd_loss(student_logits: Tensor, teacher_topk_values: Tensor, teacher_to
     if n and (int(idx.min()) < 0 or int(idx.max()) >= vocab):
         raise ValueError(f"top-k token ids must be in [0, {vocab}); cut the teacher to the student's vocabulary "
                          "before taking the top k")
-    if k < vocab and (divergence == "reverse_kl" or (divergence == "jsd" and beta == 1)):
+    if teacher_log_partition is not None and teacher_log_partition.shape != (n,):
+        raise ValueError(f"teacher_log_partition {tuple(teacher_log_partition.shape)} must be ({n},)")
+    if teacher_log_partition is None and k < vocab and (divergence == "reverse_kl" or (divergence == "jsd" and beta == 1)):
         raise ValueError(f"{divergence} (beta={beta}) is infinite against a renormalised top-{k} teacher; use "
                          "forward_kl, skew_kl, tvd or jsd with beta < 1")
     s = student_logits[:, :-1][mask].float()  # (N, V)
     with torch.set_grad_enabled(torch.is_grad_enabled() and alpha > 0):
         lp_s = _collapse_to_buckets(F.log_softmax(s / temperature, dim=-1), idx)  # (N, k + 1)
-        floor = torch.full((n, 1), _LOG_FLOOR, device=s.device)  # the teacher's empty tail bucket
-        lp_t = torch.cat([_teacher_log_probs(teacher_topk_values, temperature), floor], dim=1)  # (N, k + 1)
+        # with k = V nothing is left for the tail (whatever fp16 rounding of the values says)
+        lp_t = _teacher_buckets(teacher_topk_values, None if k >= vocab else teacher_log_partition, temperature)
         kd_sum = token_divergence(lp_s, lp_t, divergence, beta).sum()
     return _combine(kd_sum, _ce_sum(s, targets), n, temperature, alpha)
+
+
+def _teacher_buckets(values: Tensor, log_partition: Tensor | None, temperature: float) -> Tensor:
+    """Teacher log-probs (N, k + 1): its k ids, then its tail (exact with the log-partition; else empty, the k ids
+    renormalised)."""
+    if log_partition is None:
+        floor = torch.full((values.shape[0], 1), _LOG_FLOOR, device=values.device)
+        return torch.cat([_teacher_log_probs(values, temperature), floor], dim=1)
+    lp = values.float() / temperature - log_partition.to(values.device, torch.float32)[:, None]
+    # fp16 logits can put the k ids' sum a hair above 1; the tail is then clamped to the floor.
+    head = torch.logsumexp(lp, dim=-1, keepdim=True).clamp(max=0.0)
+    tail = torch.log(-torch.expm1(head)).clamp(min=_LOG_FLOOR)  # log(1 - sum p), accurate when the sum is small
+    # the k ids renormalised to the head's mass, so the k + 1 buckets sum to exactly 1
+    return torch.cat([lp - torch.logsumexp(lp, dim=-1, keepdim=True) + head, tail], dim=1)
 
 
 def _collapse_to_buckets(lp_s: Tensor, idx: Tensor) -> Tensor:

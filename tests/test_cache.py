@@ -79,6 +79,31 @@ def test_cache_is_reused_and_invalidated_by_any_input_change(tmp_path, teacher_p
     assert not cache.ensure(cache.TeacherRef(str(other)), collator, changed, folder, k=5, vocab=vocab)[1]
 
 
+def test_log_partition_gives_the_teacher_tail_and_follows_the_temperature(tmp_path, teacher_path, student_path,
+                                                                           collator, records):
+    vocab, folder = _vocab(student_path), tmp_path / "c"
+    ref = cache.TeacherRef(teacher_path)
+    tc, _ = cache.ensure(ref, collator, records, folder, k=8, vocab=vocab, temperature=2.0)
+    shard = load_file(str(folder / tc.meta["shards"][0]))
+    assert tc.temperature == 2.0 and shard["log_partition"].dtype == torch.float32
+    batch = collator(records)
+    labels = batch["labels"]
+    with torch.no_grad():
+        logits = models.load_model(teacher_path, frozen=True)(**batch["inputs"]).logits[:, :-1][labels[:, 1:] != -100]
+    torch.testing.assert_close(shard["log_partition"], torch.logsumexp(logits[:, :vocab] / 2.0, dim=-1))
+    # a new temperature is a new fingerprint; no temperature is the renormalised (older) form
+    assert cache.ensure(ref, collator, records, folder, k=8, vocab=vocab, temperature=3.0)[1]
+    tc3 = cache.TeacherCache(folder)
+    tc_none, rebuilt = cache.ensure(ref, collator, records, tmp_path / "n", k=8, vocab=vocab)
+    assert rebuilt and tc_none.temperature is None and tc_none.rows([records[0]["id"]], [tc_none.index[
+        records[0]["id"]][2]])[2] is None
+    student = models.load_model(student_path)
+    with pytest.raises(ValueError, match="training temperature"):  # the stored logZ is at T = 3
+        forward.batch_loss(student, None, batch, temperature=2.0, alpha=0.5, device="cpu", cache=tc3)
+    out = forward.batch_loss(student, None, batch, temperature=3.0, alpha=0.5, device="cpu", cache=tc3)
+    assert torch.isfinite(out.loss) and out.kd.item() > 0
+
+
 def test_stale_rows_are_refused(tmp_path, teacher_path, student_path, collator, records):
     tc, _ = cache.ensure(cache.TeacherRef(teacher_path), collator, records, tmp_path / "c", k=4,
                          vocab=_vocab(student_path))

@@ -357,6 +357,45 @@ def test_topk_with_k_equal_to_vocab_is_kd_loss(rng, divergence):
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_topk_with_the_log_partition_is_the_exact_bucketed_divergence(rng, divergence):
+    """With logZ_T the teacher's k + 1 buckets are its true probabilities: D equals the divergence of both models'
+    full-vocabulary distributions collapsed into those buckets, computed here independently."""
+    from fslib.kd import token_divergence
+
+    T, k = 2.0, 5
+    s = _logits(rng).requires_grad_(True)
+    t, labels = _logits(rng).half().float(), _labels(rng)
+    values, indices = _topk(t, labels, k)
+    log_z = torch.logsumexp(_counted(t, labels) / T, dim=-1)
+    out = topk_kd_loss(s, values, indices, labels, temperature=T, alpha=1.0, divergence=divergence, beta=0.3,
+                       teacher_log_partition=log_z)
+
+    def buckets(logits):  # (N, V) -> (N, k + 1) probabilities: the teacher's k ids, then everything else
+        p = torch.softmax(logits / T, dim=-1)
+        head = p.gather(1, indices.long())
+        return torch.cat([head, (1 - head.sum(1, keepdim=True)).clamp(min=1e-30)], dim=1)
+
+    p_s, p_t = buckets(_counted(s, labels)), buckets(_counted(t, labels))
+    ref = token_divergence(p_s.log(), p_t.log(), divergence, 0.3).mean() * T ** 2
+    torch.testing.assert_close(out.loss, ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(out.loss, [s])[0], torch.autograd.grad(ref, [s])[0],
+                               rtol=1e-3, atol=1e-6)
+    # and k = V with logZ is kd_loss again (the tail buckets are empty on both sides)
+    values, indices = _topk(t, labels, V)
+    full = topk_kd_loss(s, values, indices, labels, temperature=T, divergence=divergence, beta=0.3,
+                        teacher_log_partition=log_z)
+    torch.testing.assert_close(full.loss, kd_loss(s, t, labels, temperature=T, divergence=divergence, beta=0.3).loss,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_topk_log_partition_must_match_the_rows(rng):
+    s, t, labels = _logits(rng), _logits(rng), _labels(rng)
+    values, indices = _topk(t, labels, 4)
+    with pytest.raises(ValueError, match="teacher_log_partition"):
+        topk_kd_loss(s, values, indices, labels, teacher_log_partition=torch.zeros(values.shape[0] + 1))
+
+
 def test_topk_smaller_k_is_close_and_finite(rng):
     s = _logits(rng).requires_grad_(True)
     t, labels = _logits(rng, scale=6.0), _labels(rng)  # a peaked teacher: most mass in its top 6
