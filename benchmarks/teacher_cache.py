@@ -77,7 +77,8 @@ def _prepare(p: dict, n_train: int, work: Path):
     vocab = models.load_model(s_path).get_output_embeddings().weight.shape[0]
     t0 = time.perf_counter()
     tc, _ = cache.ensure(cache.TeacherRef(t_path), col, splits["train"], work / "cache",
-                         k=p["teacher_cache_topk"], vocab=vocab, batch_size=p["batch_size"], temperature=p["temperature"])
+                         k=p["teacher_cache_topk"], vocab=vocab, batch_size=p["batch_size"],
+                         temperature=cache.tail_temperature(p["teacher_cache_tail"], p["temperature"]))
     return (t_path, s_path), loader, tc, time.perf_counter() - t0
 
 
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
     result["settings"] = {"n_train": args.n_train, "epochs": p["epochs"], "vision_memo_gb": p["vision_memo_gb"], "torch_threads": torch.get_num_threads(),
                           "micro_batches_per_step": 1,
                           **{k: p[k] for k in ("teacher_model", "student_model", "batch_size", "kd_impl",
-                                               "divergence", "temperature", "alpha", "teacher_cache_topk",
+                                               "divergence", "temperature", "alpha", "teacher_cache_topk", "teacher_cache_tail",
                                                "freeze_vision", "gradient_checkpointing", "student_lora",
                                                "student_dtype", "image_size", "video_fraction", "video_frames")}}
     result["command"] = "python benchmarks/teacher_cache.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -11,11 +11,16 @@ Layout of ``<run>/teacher_cache/``::
 Rows are the counted positions of each record (``labels[:, 1:] != -100``: its answer tokens and closing
 ``<|im_end|>``), in order. A record's rows do not depend on the batch it is collated in (right padding), so a
 shuffled batch is the concatenation of its records' rows. The teacher's logits are cut to the student's vocabulary
-before the top k (the rows past it are padding no token maps to). The log-partition at the training temperature T
-gives the teacher's probabilities at its k ids exactly, and so the mass on the other V - k tokens: the distillation
-target is the teacher's true (k+1)-bucket distribution, the student's collapsed into the same buckets
-(``fslib.kd.topk_kd_loss``). A cache built without a temperature holds no log-partition; the loss then renormalises
-the teacher over its k ids.
+before the top k (the rows past it are padding no token maps to). The tail mass (``tail``, ``fslib.kd.topk_kd_loss``):
+
+- ``renormalise`` (02's default): the teacher renormalised over its k ids, its tail bucket empty; the student's
+  softmax collapsed into the same k + 1 buckets, so forward KL also pushes the student's tail mass towards 0.
+- ``exact``: the cache also stores the teacher's log-partition at the training temperature T, which gives its exact
+  probabilities at the k ids and so its true tail mass: the divergence of both models' true (k+1)-bucket
+  distributions. Reverse KL and ``jsd`` with beta = 1 need it (they are infinite against an empty bucket).
+
+On the tiny default (``benchmarks/kd_vs_sft.py``, 3 seeds) the two reached the same exact match within the seeds'
+spread, ``renormalise`` slightly ahead for the main KD student, so it stays the default.
 
 The fingerprint hashes the teacher (its config and weight files, dtype, quantisation), every record (id, text and
 pixels), the processor settings, k, the vocabulary and T: any change gives a new fingerprint and the cache is rebuilt.
@@ -34,6 +39,16 @@ from fslib import checkpoint, forward, kd
 
 FORMAT_VERSION = 2  # 2: the log-partition at T
 SHARD_ROWS = 1 << 20  # ~400 MB per shard at k = 64
+
+
+TAILS = ("renormalise", "exact")
+
+
+def tail_temperature(tail: str, temperature: float) -> float | None:
+    """The ``temperature`` argument of ``ensure`` for a ``tail`` handling: T for "exact", None for "renormalise"."""
+    if tail not in TAILS:
+        raise ValueError(f"teacher_cache_tail {tail!r} is not one of: {', '.join(TAILS)}")
+    return float(temperature) if tail == "exact" else None
 
 
 class CacheMismatchError(ValueError):
@@ -216,7 +231,7 @@ def ensure(ref: TeacherRef, collator, records: list[dict], folder, *, k: int, vo
     """Open the cache in ``folder`` if its fingerprint matches, else rebuild it (loading the teacher).
 
     ``temperature``: the distillation T, for the log-partition that gives the teacher's exact tail mass (None: the
-    loss renormalises the teacher over its k ids instead).
+    loss renormalises the teacher over its k ids instead); ``tail_temperature`` maps 02's ``teacher_cache_tail``.
 
     Returns (cache, rebuilt). ``records`` must carry their answers (labelled or teacher-answered) and unique ids.
     """

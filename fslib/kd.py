@@ -299,7 +299,8 @@ def topk_kd_loss(student_logits: Tensor, teacher_topk_values: Tensor, teacher_to
         raise ValueError(f"teacher_log_partition {tuple(teacher_log_partition.shape)} must be ({n},)")
     if teacher_log_partition is None and k < vocab and (divergence == "reverse_kl" or (divergence == "jsd" and beta == 1)):
         raise ValueError(f"{divergence} (beta={beta}) is infinite against a renormalised top-{k} teacher; use "
-                         "forward_kl, skew_kl, tvd or jsd with beta < 1")
+                         "forward_kl, skew_kl, tvd or jsd with beta < 1, or give the teacher's log-partition (02: "
+                         "teacher_cache_tail exact)")
     s = student_logits[:, :-1][mask].float()  # (N, V)
     with torch.set_grad_enabled(torch.is_grad_enabled() and alpha > 0):
         lp_s = _collapse_to_buckets(F.log_softmax(s / temperature, dim=-1), idx)  # (N, k + 1)

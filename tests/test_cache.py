@@ -104,6 +104,12 @@ def test_log_partition_gives_the_teacher_tail_and_follows_the_temperature(tmp_pa
     assert torch.isfinite(out.loss) and out.kd.item() > 0
 
 
+def test_tail_choice_maps_to_the_stored_temperature():
+    assert cache.tail_temperature("exact", 3) == 3.0 and cache.tail_temperature("renormalise", 3) is None
+    with pytest.raises(ValueError, match="teacher_cache_tail 'exakt' is not one of: renormalise, exact"):
+        cache.tail_temperature("exakt", 3.0)
+
+
 def test_stale_rows_are_refused(tmp_path, teacher_path, student_path, collator, records):
     tc, _ = cache.ensure(cache.TeacherRef(teacher_path), collator, records, tmp_path / "c", k=4,
                          vocab=_vocab(student_path))
