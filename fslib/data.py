@@ -48,7 +48,8 @@ def check_on_bad_sample(on_bad_sample: str) -> None:
         raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
 
 
-def _bad(err: DataError, on_bad_sample: str, skipped: list) -> None:
+def bad_sample(err: DataError, on_bad_sample: str, skipped: list) -> None:
+    """What every loader does with a bad record: raise ``err`` ("error"), or list it in ``skipped`` ("skip")."""
     if on_bad_sample == "error":
         raise err
     skipped.append({"file": err.file, "record": err.record, "reason": err.reason})
@@ -254,7 +255,7 @@ def load_jsonl(path, *, on_bad_sample: str = "error", max_frames: int = 16) -> t
                 _text(row.get("answer"), "answer", required=False), **_media(row, path.parent, max_frames),
                 qtype=_text(row.get("qtype", "user"), "qtype", required=True), aliases=aliases))
         except _Bad as exc:
-            _bad(DataError(path, n, str(exc), "line"), on_bad_sample, skipped)
+            bad_sample(DataError(path, n, str(exc), "line"), on_bad_sample, skipped)
     return records, skipped
 
 
@@ -302,7 +303,7 @@ def load_llava_json(path, *, on_bad_sample: str = "error", media_root=None,
             rid = item.get("id", f"{path.stem}-{i}")
             records += [_user_record(f"{rid}-t{k}", q, a, **media) for k, (q, a) in enumerate(pairs)]
         except _Bad as exc:
-            _bad(DataError(path, i, str(exc)), on_bad_sample, skipped)
+            bad_sample(DataError(path, i, str(exc)), on_bad_sample, skipped)
     return records, skipped
 
 
@@ -343,5 +344,5 @@ def load_hf_vlm(path_or_id, *, split: str | None = None, on_bad_sample: str = "e
             records += [_user_record(f"{name}-{i}-t{k}", q, a, image=image)
                         for k, (q, a) in enumerate(_turn_pairs(turns))]
         except _Bad as exc:
-            _bad(DataError(path_or_id, i, str(exc)), on_bad_sample, skipped)
+            bad_sample(DataError(path_or_id, i, str(exc)), on_bad_sample, skipped)
     return records, skipped

@@ -183,8 +183,8 @@ def render_clip(scene: dict, motion: tuple, n_frames: int, size: int) -> list[Im
     m = (n_frames - 1) // 2
     alphas = [t / m for t in range(m + 1)] + [1 - (t - m) / (n_frames - 1 - m) for t in range(m + 1, n_frames)]
     obj, others = scene["objects"][0], scene["objects"][1:]
-    idx = ("left", "right").index(side)
-    rest, held_r = (scene["hands"][idx]["x"], scene["hands"][idx]["y"]), 0.1
+    mover = next(h for h in scene["hands"] if h["side"] == side)
+    rest, held_r = (mover["x"], mover["y"]), 0.1
     frames = []
     for t, a in enumerate(alphas):
         hand = {"side": side, "x": rest[0] + a * (obj["x"] - rest[0]), "y": rest[1] + a * (obj["y"] - rest[1]),

@@ -123,5 +123,5 @@ def check_sample_limits(records: list[dict], lengths, visual_tokens, *, max_leng
         if reason is None:
             kept.append(rec)
         else:
-            data._bad(data.DataError(source, i, f"record {rec.get('id')!r}: {reason}"), on_bad_sample, skipped)
+            data.bad_sample(data.DataError(source, i, f"record {rec.get('id')!r}: {reason}"), on_bad_sample, skipped)
     return kept, skipped
