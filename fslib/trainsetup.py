@@ -183,7 +183,6 @@ def setup(student, teacher, processor, train_loader, val_loader, *, out_dir: Pat
                                    max_grad_norm=max_grad_norm, lr=lr, weight_decay=weight_decay,
                                    warmup_ratio=warmup_ratio, total_steps=epochs * steps_per_epoch)
     _place_teacher(teacher, acc.device)
-    memos = _install_memos(acc, student, teacher, vision_memo_gb)
     settings = {**settings, "label": label, "epochs": epochs, "grad_accum": grad_accum, "lr": lr,
                 "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
                 "loss": vars(spec), "cached": cache is not None, "onpolicy": {k: v for k, v in (onpolicy or {}).items()
@@ -192,11 +191,11 @@ def setup(student, teacher, processor, train_loader, val_loader, *, out_dir: Pat
                 "processes": acc.num_processes, "engine": acc.distributed_type.value, "seed": seed}
     run = Run(acc, student, teacher, cache, processor, opt, sched, train_loader, val_loader, out_dir, spec, label,
               epochs, grad_accum, max_grad_norm, save_every, onpolicy, seed, settings, steps_per_epoch,
-              history={"label": label, "steps": [], "epochs": [], "best_val_loss": None, "settings": settings},
-              memos=memos)
+              history={"label": label, "steps": [], "epochs": [], "best_val_loss": None, "settings": settings})
     _restore(run, resume)
     if report_to != "none":
         acc.init_trackers(label, config={k: str(v) for k, v in settings.items()})
+    run.memos = _install_memos(acc, student, teacher, vision_memo_gb)  # last: a failed setup leaves no memo behind
     return run
 
 
