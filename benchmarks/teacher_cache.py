@@ -141,12 +141,13 @@ def main(argv=None) -> int:
     result |= {"data_s_per_sample": data_s, "cache_build_s": build_s,  # collation: the same for both, not timed above
                "cache": {"k": tc.k, "rows": tc.meta["rows"], "records": tc.meta["records"]}, "vision_memo": memo,
                "machine_load": {"before": load_before, "after": os.getloadavg()[0]}}
-    result["settings"] = {"n_train": args.n_train, "epochs": p["epochs"], "vision_memo_gb": p["vision_memo_gb"], "torch_threads": torch.get_num_threads(),
-                          "micro_batches_per_step": 1,
+    result["settings"] = {"n_train": args.n_train, "epochs": p["epochs"], "vision_memo_gb": p["vision_memo_gb"],
+                          "torch_threads": torch.get_num_threads(), "micro_batches_per_step": 1,
                           **{k: p[k] for k in ("teacher_model", "student_model", "batch_size", "kd_impl",
-                                               "divergence", "temperature", "alpha", "teacher_cache_topk", "teacher_cache_tail",
-                                               "freeze_vision", "gradient_checkpointing", "student_lora",
-                                               "student_dtype", "image_size", "video_fraction", "video_frames")}}
+                                               "divergence", "temperature", "alpha", "teacher_cache_topk",
+                                               "teacher_cache_tail", "freeze_vision", "gradient_checkpointing",
+                                               "student_lora", "student_dtype", "image_size", "video_fraction",
+                                               "video_frames")}}
     result["command"] = "python benchmarks/teacher_cache.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result["environment"] = config.environment()
     config.write_json(args.out, result)

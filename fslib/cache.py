@@ -11,7 +11,8 @@ Layout of ``<run>/teacher_cache/``::
 Rows are the counted positions of each record (``labels[:, 1:] != -100``: its answer tokens and closing
 ``<|im_end|>``), in order. A record's rows do not depend on the batch it is collated in (right padding), so a
 shuffled batch is the concatenation of its records' rows. The teacher's logits are cut to the student's vocabulary
-before the top k (the rows past it are padding no token maps to). The tail mass (``tail``, ``fslib.kd.topk_kd_loss``):
+before the top k (the rows past it are padding no token maps to). The tail mass (02's ``teacher_cache_tail``, see
+``fslib.kd.topk_kd_loss``):
 
 - ``renormalise`` (02's default): the teacher renormalised over its k ids, its tail bucket empty; the student's
   softmax collapsed into the same k + 1 buckets, so forward KL also pushes the student's tail mass towards 0.
@@ -220,8 +221,7 @@ def build(teacher, collator, records: list[dict], folder: Path, *, k: int, vocab
             buf, row = ([], [], []), 0
     (tmp / "index.json").write_text(json.dumps(index))
     meta = {"fingerprint": fp, "k": k, "vocab": vocab, "temperature": temperature, "shards": shards,
-            "records": len(records),
-            "rows": sum(v[2] for v in index.values()), "parts": parts}
+            "records": len(records), "rows": sum(v[2] for v in index.values()), "parts": parts}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     return checkpoint.swap_in(tmp, folder)
 

@@ -297,7 +297,8 @@ def topk_kd_loss(student_logits: Tensor, teacher_topk_values: Tensor, teacher_to
                          "before taking the top k")
     if teacher_log_partition is not None and teacher_log_partition.shape != (n,):
         raise ValueError(f"teacher_log_partition {tuple(teacher_log_partition.shape)} must be ({n},)")
-    if teacher_log_partition is None and k < vocab and (divergence == "reverse_kl" or (divergence == "jsd" and beta == 1)):
+    empty_tail = teacher_log_partition is None and k < vocab
+    if empty_tail and (divergence == "reverse_kl" or (divergence == "jsd" and beta == 1)):
         raise ValueError(f"{divergence} (beta={beta}) is infinite against a renormalised top-{k} teacher; use "
                          "forward_kl, skew_kl, tvd or jsd with beta < 1, or give the teacher's log-partition (02: "
                          "teacher_cache_tail exact)")
