@@ -1,6 +1,6 @@
 """Keep README.md's generated blocks current; nothing in them is typed by hand.
 
-    python -m fslib.readme            # make readme: rewrite both blocks
+    python -m fslib.readme            # make readme: rewrite the generated blocks
     python -m fslib.readme --check    # exit 1 when the params reference is stale (tests/test_readme.py)
 
 - ``params``: the params reference, generated from the four notebooks' ``parameters`` cells (name, type, default,
@@ -9,6 +9,8 @@
   when that file does not exist (a fresh clone), since only a run can produce those numbers.
 - ``kd_vs_sft``: distillation against plain fine-tuning over seeds, read from ``benchmarks/results/kd_vs_sft.json``
   (``benchmarks/kd_vs_sft.py`` writes it).
+- ``vision_probe``: what the embedded towers' visual tokens carry (linear probes), read from
+  ``benchmarks/results/vision_probe.json`` (``benchmarks/vision_probe.py`` writes it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fslib import config, headline
 README = config.REPO_ROOT / "README.md"
 TINY_METRICS = config.REPO_ROOT / "reports" / "tiny" / "metrics.json"
 KD_VS_SFT = config.REPO_ROOT / "benchmarks" / "results" / "kd_vs_sft.json"
+VISION_PROBE = config.REPO_ROOT / "benchmarks" / "results" / "vision_probe.json"
 _SHORT = {"01_data": "01", "02_distill": "02", "03_evaluate": "03", "04_publish": "04"}
 
 
@@ -83,6 +86,19 @@ def kd_vs_sft_block(path: str | Path = KD_VS_SFT) -> str:
     return "\n".join(lines)
 
 
+def vision_probe_block(path: str | Path = VISION_PROBE) -> str:
+    """Held-out accuracy of each linear probe on each model's visual tokens, beside the majority class's."""
+    res = config.read_json(path)
+    tasks = [("object_category", "object category (its cell)"), ("object_colour", "object colour (its cell)"),
+             ("held_object", "held object (the hand's cell)")]
+    cell = lambda r, t: f"{r[t]['accuracy']:.3f} ({r[t]['majority']:.3f})" if t in r else "—"  # noqa: E731
+    rows = [[f"`{name}`"] + [cell(r, t) for t, _ in tasks] for name, r in res["models"].items()]
+    return "\n".join([headline.markdown_table(["tower", *(label for _, label in tasks)], rows), "",
+                      f"*Linear-probe accuracy on held-out visual tokens (majority class in brackets), "
+                      f"{res['scenes']} scenes; read from `{_display(Path(path))}` "
+                      f"(`{res['command'].strip()}`) by `make readme`.*"])
+
+
 def _display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(config.REPO_ROOT))
@@ -111,7 +127,10 @@ def update(readme: str | Path = README, metrics_path: str | Path = TINY_METRICS)
         new = replace_block(new, "headline", headline_block(metrics_path))
     if KD_VS_SFT.exists() and _block("kd_vs_sft").search(new):
         new = replace_block(new, "kd_vs_sft", kd_vs_sft_block(KD_VS_SFT))
-    changed = [n for n in ("params", "headline", "kd_vs_sft") if current_block(text, n) != current_block(new, n)]
+    if VISION_PROBE.exists() and _block("vision_probe").search(new):
+        new = replace_block(new, "vision_probe", vision_probe_block(VISION_PROBE))
+    blocks = ("params", "headline", "kd_vs_sft", "vision_probe")
+    changed = [n for n in blocks if current_block(text, n) != current_block(new, n)]
     if new != text:
         readme.write_text(new)
     return changed

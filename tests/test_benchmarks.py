@@ -64,3 +64,24 @@ def test_kd_vs_sft_collect_keeps_nothing_from_other_runs(tmp_path):
     kd_vs_sft.main(["--collect", "--seeds", "0", "--reports-dir", str(tmp_path / "reports"), "--out", str(out)])
     res = json.loads(out.read_text())
     assert res["runs"][0]["seconds"] is None and "--collect" in res["environment"]["command"]
+
+
+def test_vision_probe_reads_labels_from_the_scene_and_a_probe_can_fail():
+    import torch
+
+    vision_probe = _script("vision_probe")
+    scene = {"objects": [{"name": "book", "colour": "red", "x": 0.9, "y": 0.1}],
+             "hands": [{"x": 0.2, "y": 0.83, "held": {"name": "cup", "colour": "blue"}},
+                       {"x": 0.8, "y": 0.83, "held": None}]}
+    tokens = torch.arange(16.0)[:, None].repeat(1, 3)  # token i is (i, i, i): the row-major cell index
+    ex = vision_probe.probe_examples([{"scene": scene}], [tokens], [(4, 4)])
+    assert ex["object_category"][0][0, 0] == 3 and ex["object_colour"][0][0, 0] == 3  # top right cell
+    assert ex["object_category"][1].tolist() == [vision_probe.synth.OBJECTS.index("book")]
+    assert ex["held_object"][0][:, 0].tolist() == [12]  # bottom left; the empty right hand is no example
+    # A feature that is the label is read perfectly; noise is read at about the majority class's rate.
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 6, (600,), generator=gen)
+    readable = vision_probe.linear_probe(torch.nn.functional.one_hot(y, 6).float(), y)
+    noise = vision_probe.linear_probe(torch.randn(600, 8, generator=gen), y)
+    assert readable["accuracy"] == 1.0 and readable["test"] == 120
+    assert noise["accuracy"] < noise["majority"] + 0.1

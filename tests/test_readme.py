@@ -73,3 +73,14 @@ def test_kd_vs_sft_block_is_read_from_the_benchmark_json(tmp_path):
     assert "| `count` | 0.600 | 0.500 | 0.450 | 0.300 | — |" in block
     assert block.index("Per question type") < block.index("*Read from")
     assert readme.current_block(TEXT, "kd_vs_sft"), "README has no kd_vs_sft block: run `make readme`"
+
+
+def test_vision_probe_block_is_read_from_the_benchmark_json(tmp_path):
+    res = {"scenes": 12, "command": "python benchmarks/vision_probe.py ",
+           "models": {"embedded:tiny-teacher": {"object_category": {"accuracy": 0.4171, "majority": 0.197},
+                                                "held_object": {"accuracy": 0.738, "majority": 0.19}}}}
+    path = tmp_path / "vision_probe.json"
+    path.write_text(json.dumps(res))
+    block = readme.vision_probe_block(path)
+    assert "| `embedded:tiny-teacher` | 0.417 (0.197) | — | 0.738 (0.190) |" in block
+    assert "12 scenes" in block and "`python benchmarks/vision_probe.py`" in block
