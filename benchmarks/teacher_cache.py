@@ -35,13 +35,6 @@ sys.path.insert(0, str(ROOT))
 from fslib import cache, collate, config, forward, models, student, synth, train, visionmemo  # noqa: E402
 
 
-def _defaults() -> dict:
-    """The notebooks' parameter defaults (papermill reports them as source text)."""
-    import ast
-
-    return {k: ast.literal_eval(v["default"]) for k, v in config.declared_params().items()}
-
-
 def _timed_step(student, opt, batch: dict, p: dict, **source) -> tuple[float, float]:
     """One training step of ``student`` on ``batch`` (the code path of fslib.train); (wall s, process CPU s)."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -127,7 +120,7 @@ def main(argv=None) -> int:
                     help="reuse of frozen towers' features (default: 02's vision_memo_gb; 0 recomputes them)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "teacher_cache.json"))
     args = ap.parse_args(argv)
-    p = _defaults()
+    p = config.default_params()
     p["epochs"] = p["epochs"] if args.epochs is None else args.epochs
     p["vision_memo_gb"] = p["vision_memo_gb"] if args.vision_memo_gb is None else args.vision_memo_gb
     torch.manual_seed(p["seed"])

@@ -19,7 +19,6 @@ objects or a higher resolution would). Compare the per-question-type accuracies 
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 import tempfile
 from pathlib import Path
@@ -32,10 +31,6 @@ sys.path.insert(0, str(ROOT))
 from fslib import config, models, synth  # noqa: E402
 
 TASKS = ("object_category", "object_colour", "held_object")
-
-
-def _defaults() -> dict:
-    return {k: ast.literal_eval(v["default"]) for k, v in config.declared_params().items()}
 
 
 def _cell(thing: dict, grid_h: int, grid_w: int) -> int:
@@ -103,7 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=None, help="models (default: 02's teacher_model and student_model)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vision_probe.json"))
     args = ap.parse_args(argv)
-    p = _defaults()
+    p = config.default_params()
     names = args.models or [p["teacher_model"], p["student_model"]]
     records = synth.stream_records("vision-probe", args.scenes, seed=p["seed"], video_fraction=0.0,
                                    image_size=p["image_size"], max_objects=p["max_objects"], clutter=p["clutter"])

@@ -63,6 +63,13 @@ def declared_params(notebooks_dir: str | Path | None = None) -> dict[str, dict]:
     return out
 
 
+def default_params(notebooks_dir: str | Path | None = None) -> dict:
+    """``{key: value}``: every parameter's default as the notebooks declare it (papermill reports source text)."""
+    import ast
+
+    return {k: ast.literal_eval(v["default"]) for k, v in declared_params(notebooks_dir).items()}
+
+
 def _check(key, value, declared, where: str) -> None:
     if key not in declared:
         raise ParamsError(f"{where}: unknown parameter {key!r}. Valid parameters: {', '.join(sorted(declared))}")

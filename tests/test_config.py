@@ -82,3 +82,11 @@ def test_real_run_matches_the_seed_guide():
     assert p["teacher_model"] == "Qwen/Qwen2-VL-7B-Instruct" and p["student_model"] == "Qwen/Qwen2-VL-2B-Instruct"
     assert (p["teacher_quantization"], p["temperature"], p["alpha"], p["learning_rate"]) == ("int8", 3.0, 0.7, 1e-4)
     assert (p["batch_size"], p["grad_accum"], p["epochs"], p["gradient_checkpointing"]) == (2, 8, 3, True)
+
+
+def test_default_params_are_the_notebooks_defaults_as_values():
+    defaults = config.default_params()
+    declared = config.declared_params()
+    assert set(defaults) == set(declared)
+    assert isinstance(defaults["epochs"], int) and isinstance(defaults["teacher_model"], str)
+    assert repr(defaults["temperature"]) == declared["temperature"]["default"]
