@@ -12,8 +12,8 @@ scored on the other 20%:
 - ``held_object``: the token of a hand's cell, for hands that hold something, 6 classes.
 
 Each probe is reported beside its majority-class accuracy. A probe far above it means the tower has the answer and
-the language model must learn to read it; one near it means the tower does not see it (more pre-training, bigger
-objects or a higher resolution would). Compare the per-question-type accuracies in ``kd_vs_sft.json``.
+the language model must learn to read it; one near it means the tower does not see it (its pre-training, the
+objects' size or the resolution is then what to change). Compare the per-question-type accuracies in ``kd_vs_sft.json``.
 """
 
 from __future__ import annotations

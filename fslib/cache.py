@@ -187,9 +187,9 @@ def _topk_rows(teacher, batch: dict, *, k: int, vocab: int, temperature: float |
     inputs = forward.to_device(batch["inputs"], device)
     labels = batch["labels"].to(device)
     # logits at the counted positions only: (N, V_t), never (B, L, V_t)
-    logits = teacher(**inputs, logits_to_keep=forward.answer_positions(labels)).logits[:, :vocab]
-    values, indices = logits.float().topk(k, dim=-1)
-    lse = torch.logsumexp(logits.float() / temperature, dim=-1).cpu() if temperature is not None else None
+    logits = teacher(**inputs, logits_to_keep=forward.answer_positions(labels)).logits[:, :vocab].float()
+    values, indices = logits.topk(k, dim=-1)
+    lse = torch.logsumexp(logits / temperature, dim=-1).cpu() if temperature is not None else None
     counts = (labels[:, 1:] != kd.IGNORE_INDEX).sum(1).tolist()
     return values.half().cpu(), indices.int().cpu(), lse, counts
 
