@@ -1,6 +1,8 @@
 """One batch -> one ``fslib.kd.KDLoss``: the forward passes of both models and the choice of loss path.
 
-* ``full`` (the reference): both models' full logits (B, L, V) and ``kd.kd_loss``.
+* ``full`` (the reference): both models' logits over the full vocabulary and ``kd.kd_loss``, projected at the answer
+  positions only (``logits_to_keep`` as a boolean mask): a prompt's visual and text tokens never count in the loss, so
+  their (B, L, V) logits (fp32, 151,936 columns in the real pair) are never built.
 * ``chunked``: both models' final hidden states (after the last norm) and lm_head weights, and
   ``kd.chunked_kd_loss``; no (B, L, V) logits ever exist. The hidden states are caught by a forward hook on the final
   norm while the model is called as a whole (through its DDP wrapper, on the whole processor output) with
@@ -109,12 +111,13 @@ def batch_loss(student, teacher, batch: dict, *, temperature: float, alpha: floa
         return _cached_loss(student, cache, batch["ids"], inputs, labels, spec)
     if spec.impl == "chunked":
         return _chunked_loss(student, teacher, inputs, labels, spec)
-    s_logits = student(**inputs).logits
+    keep = answer_positions(labels)
+    seq, seq_labels = _as_sequence(student(**inputs, logits_to_keep=keep).logits, labels)
     if teacher is None:  # plain fine-tuning: CE only (the divergence against itself is 0)
-        return kd.kd_loss(s_logits, s_logits.detach(), labels, **spec.loss_kwargs(alpha=0.0))
+        return kd.kd_loss(seq, seq.detach(), seq_labels, **spec.loss_kwargs(alpha=0.0))
     with torch.no_grad():
-        t_logits = teacher(**inputs).logits
-    return kd.kd_loss(s_logits, t_logits, labels, **spec.loss_kwargs())
+        t_seq, _ = _as_sequence(teacher(**inputs, logits_to_keep=keep).logits, labels)
+    return kd.kd_loss(seq, t_seq.to(seq.device), seq_labels, **spec.loss_kwargs())
 
 
 def _chunked_loss(student, teacher, inputs, labels, spec: LossSpec) -> kd.KDLoss:

@@ -191,3 +191,33 @@ def test_onpolicy_batch_trains_on_the_students_samples(tmp_path, student_path, t
 def test_unknown_tracker_is_refused_with_the_valid_names(tmp_path, student_path, processor, loaders):
     with pytest.raises(ValueError, match="tensorboard, wandb, mlflow"):
         _run(student_path, None, processor, loaders, tmp_path, epochs=1, report_to="tensorbord")
+
+
+@pytest.mark.parametrize("with_teacher", [True, False])
+def test_full_path_projects_only_answer_positions_and_equals_kd_loss_on_every_position(
+        student_path, teacher_path, processor, pixels, small_splits, with_teacher):
+    """kd_impl full: the lm_heads see the N answer positions only (no (B, L, V) logits), and the loss and gradients
+    are those of ``kd.kd_loss`` on both models' logits at every position (the prompt masked there)."""
+    from fslib import kd
+
+    teacher = models.load_model(teacher_path, frozen=True) if with_teacher else None
+    student = models.load_model(student_path)
+    batch = collate.VQACollator(processor, pixels)(small_splits["train"][:3])  # images and a clip
+    n_answer = int((batch["labels"] != kd.IGNORE_INDEX).sum())
+    rows = []
+    hooks = [m.get_output_embeddings().register_forward_hook(lambda _m, i, _o: rows.append(i[0].shape[:-1].numel()))
+             for m in (student, teacher) if m is not None]
+    out, grads = _grads(student, teacher, batch)
+    for h in hooks:
+        h.remove()
+    assert rows == [n_answer] * len(hooks) and batch["labels"].numel() > 4 * n_answer
+    student.zero_grad()
+    s_logits = student(**batch["inputs"]).logits
+    with torch.no_grad():
+        t_logits = teacher(**batch["inputs"]).logits if teacher is not None else s_logits.detach()
+    ref = kd.kd_loss(s_logits, t_logits, batch["labels"], temperature=2.0, alpha=0.6 if teacher is not None else 0.0)
+    ref.loss.backward()
+    assert out.n_tokens == ref.n_tokens and out.loss.item() == pytest.approx(ref.loss.item(), rel=1e-6)
+    for name, p in student.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(grads[name], p.grad, atol=1e-7, rtol=1e-5), name
