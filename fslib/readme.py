@@ -11,6 +11,8 @@
   (``benchmarks/kd_vs_sft.py`` writes it).
 - ``vision_probe``: what the embedded towers' visual tokens carry (linear probes), read from
   ``benchmarks/results/vision_probe.json`` (``benchmarks/vision_probe.py`` writes it).
+- ``cache_tail``: the KD student against the live teacher and the two tail handlings of the top-k cache, read from
+  ``benchmarks/results/cache_tail.json`` (``benchmarks/cache_tail.py`` writes it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ README = config.REPO_ROOT / "README.md"
 TINY_METRICS = config.REPO_ROOT / "reports" / "tiny" / "metrics.json"
 KD_VS_SFT = config.REPO_ROOT / "benchmarks" / "results" / "kd_vs_sft.json"
 VISION_PROBE = config.REPO_ROOT / "benchmarks" / "results" / "vision_probe.json"
+CACHE_TAIL = config.REPO_ROOT / "benchmarks" / "results" / "cache_tail.json"
 _SHORT = {"01_data": "01", "02_distill": "02", "03_evaluate": "03", "04_publish": "04"}
 
 
@@ -99,6 +102,23 @@ def vision_probe_block(path: str | Path = VISION_PROBE) -> str:
                       f"(`{res['command'].strip()}`) by `make readme`.*"])
 
 
+def cache_tail_block(path: str | Path = CACHE_TAIL) -> str:
+    """Exact match per seed of the KD student taught by the live teacher and by each cache, and the tail mass."""
+    res = config.read_json(path)
+    names = {"live": "live teacher", "renormalise": "cache, `renormalise`", "exact": "cache, `exact` tail"}
+    rows = [[names.get(v, v), *(f"{x:.3f}" for x in r["exact_match"]), f"**{r['mean']:.3f}**",
+             f"{r['train_s_mean']:.0f}"] for v, r in res["variants"].items()]
+    header = ["KD student taught by", *(f"seed {s}" for s in res["seeds"]), "mean", "training s"]
+    tm = res["tail_mass"]
+    mass = "; ".join(f"at T = {m['temperature']:g} mean {m['mean']:.2f} (max {m['max']:.2f})"
+                     for m in tm["by_temperature"])
+    return "\n".join([headline.markdown_table(header, rows), "",
+                      f"*The `kd_labelled_student` job of `{res['run']}` per seed, exact match on "
+                      f"{res['probe']['questions']} probe questions. The teacher's softened mass outside its top "
+                      f"{tm['k']} of {tm['vocab']} ids, on the training answer tokens: {mass}. Read from "
+                      f"`{_display(Path(path))}` (`{res['command'].strip()}`) by `make readme`.*"])
+
+
 def _display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(config.REPO_ROOT))
@@ -129,7 +149,9 @@ def update(readme: str | Path = README, metrics_path: str | Path = TINY_METRICS)
         new = replace_block(new, "kd_vs_sft", kd_vs_sft_block(KD_VS_SFT))
     if VISION_PROBE.exists() and _block("vision_probe").search(new):
         new = replace_block(new, "vision_probe", vision_probe_block(VISION_PROBE))
-    blocks = ("params", "headline", "kd_vs_sft", "vision_probe")
+    if CACHE_TAIL.exists() and _block("cache_tail").search(new):
+        new = replace_block(new, "cache_tail", cache_tail_block(CACHE_TAIL))
+    blocks = ("params", "headline", "kd_vs_sft", "vision_probe", "cache_tail")
     changed = [n for n in blocks if current_block(text, n) != current_block(new, n)]
     if new != text:
         readme.write_text(new)

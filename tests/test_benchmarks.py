@@ -3,6 +3,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 from fslib.config import REPO_ROOT
 
@@ -67,7 +68,6 @@ def test_kd_vs_sft_collect_keeps_nothing_from_other_runs(tmp_path):
 
 
 def test_vision_probe_reads_labels_from_the_scene_and_a_probe_can_fail():
-    import torch
 
     vision_probe = _script("vision_probe")
     scene = {"objects": [{"name": "book", "colour": "red", "x": 0.9, "y": 0.1}],
@@ -85,3 +85,31 @@ def test_vision_probe_reads_labels_from_the_scene_and_a_probe_can_fail():
     noise = vision_probe.linear_probe(torch.randn(600, 8, generator=gen), y)
     assert readable["accuracy"] == 1.0 and readable["test"] == 120
     assert noise["accuracy"] < noise["majority"] + 0.1
+
+
+def test_cache_tail_mass_is_the_teacher_mass_outside_its_top_k(teacher_path, student_path, processor, pixels,
+                                                                small_splits):
+    """Against a direct softmax of the teacher's full logits at the answer positions; 0 when k covers the vocabulary,
+    and more mass outside the top k at a higher temperature."""
+    from fslib import collate, forward, models
+
+    cache_tail = _script("cache_tail")
+    teacher = models.load_model(teacher_path, frozen=True)
+    col = collate.VQACollator(processor, pixels)
+    records = small_splits["train"][:5]
+    vocab = models.load_model(student_path).get_output_embeddings().weight.shape[0]  # the cache's ids
+    batch = col(records)
+    logits = teacher(**batch["inputs"]).logits[forward.answer_positions(batch["labels"])][:, :vocab]
+    expected = 1 - torch.softmax(logits / 3.0, -1).topk(4, -1).values.sum(-1)
+    got = cache_tail.tail_mass(teacher, col, records, k=4, vocab=vocab, temperature=3.0, batch_size=2)
+    assert got["tokens"] == expected.numel() > 5
+    assert got["mean"] == pytest.approx(float(expected.mean()), abs=1e-5)
+    assert got["max"] == pytest.approx(float(expected.max()), abs=1e-5)
+    assert cache_tail.tail_mass(teacher, col, records, k=vocab, vocab=vocab, temperature=3.0)["max"] < 1e-5
+    cold = cache_tail.tail_mass(teacher, col, records, k=4, vocab=vocab, temperature=1.0)
+    assert cold["mean"] < got["mean"]
+
+
+def test_cache_tail_names_a_run_that_is_not_there(tmp_path):
+    with pytest.raises(SystemExit, match="make report"):
+        _script("cache_tail").main(["--run", str(tmp_path), "--out", str(tmp_path / "x.json")])

@@ -84,3 +84,19 @@ def test_vision_probe_block_is_read_from_the_benchmark_json(tmp_path):
     block = readme.vision_probe_block(path)
     assert "| `embedded:tiny-teacher` | 0.417 (0.197) | — | 0.738 (0.190) |" in block
     assert "12 scenes" in block and "`python benchmarks/vision_probe.py`" in block
+
+
+def test_cache_tail_block_is_read_from_the_benchmark_json(tmp_path):
+    res = {"seeds": [0, 1], "run": "reports/tiny", "command": "python benchmarks/cache_tail.py ",
+           "probe": {"questions": 600},
+           "tail_mass": {"k": 64, "vocab": 384, "by_temperature": [{"temperature": 1.0, "mean": 0.0012, "max": 0.05},
+                                                                  {"temperature": 3.0, "mean": 0.5512, "max": 0.74}]},
+           "variants": {"live": {"exact_match": [0.3867, 0.3833], "mean": 0.385, "train_s_mean": 45.2},
+                        "renormalise": {"exact_match": [0.3933, 0.3767], "mean": 0.385, "train_s_mean": 27.6}}}
+    path = tmp_path / "cache_tail.json"
+    path.write_text(json.dumps(res))
+    block = readme.cache_tail_block(path)
+    assert "| live teacher | 0.387 | 0.383 | **0.385** | 45 |" in block
+    assert "| cache, `renormalise` | 0.393 | 0.377 | **0.385** | 28 |" in block
+    assert "at T = 1 mean 0.00 (max 0.05); at T = 3 mean 0.55 (max 0.74)" in block
+    assert "top 64 of 384 ids" in block and "600 probe questions" in block
