@@ -9,11 +9,30 @@ The params file is checked against the notebooks' parameter cells before any wor
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from fslib import config, report, site
+
+
+def kernel_manager_class():
+    """Kernels that talk to papermill over Unix sockets (IPC) where the OS has them, else jupyter_client's default.
+
+    Over TCP, ipykernel warns at every start that the connection is unencrypted, and each kernel opens five local
+    ports; Unix sockets in the Jupyter runtime folder do neither, and jupyter_client removes them at shutdown.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    if os.name != "posix":
+        return AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**{"transport": "ipc", **kwargs})
+
+    return IPCKernelManager
 
 
 def run(params_file: str | Path, *, notebooks_dir: str | Path | None = None, stages=config.NOTEBOOKS,
@@ -33,7 +52,8 @@ def run(params_file: str | Path, *, notebooks_dir: str | Path | None = None, sta
         t0 = time.time()
         print(f"[{stage}] running → {target}", flush=True)
         pm.execute_notebook(str(config.notebook_path(stage, notebooks_dir)), str(target), parameters=own,
-                            kernel_name=kernel, progress_bar=False, cwd=str(Path.cwd()))
+                            kernel_name=kernel, progress_bar=False, cwd=str(Path.cwd()),
+                            kernel_manager_class=kernel_manager_class())
         print(f"[{stage}] done in {time.time() - t0:.0f} s", flush=True)
         executed.append(target)
     # The report joins every stage executed so far (e.g. 01-02 from a SLURM job, 03-04 from this call), in order;

@@ -1,6 +1,7 @@
 """One papermill run of all four notebooks on a tiny config: the same path `make report` takes."""
 
 import json
+import os
 
 import pytest
 
@@ -49,3 +50,11 @@ def test_bad_params_file_fails_before_any_work(tmp_path, capsys):
     assert pipeline.main([str(pfile)]) == 2
     assert "'alhpa'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="Unix sockets")
+def test_kernels_talk_over_unix_sockets_not_tcp(tmp_path):
+    """make report's kernels use IPC: no local TCP ports, and no 'running over TCP without encryption' warning."""
+    km = pipeline.kernel_manager_class()(kernel_name="python3")
+    assert km.transport == "ipc"
+    assert pipeline.kernel_manager_class()(kernel_name="python3", transport="tcp").transport == "tcp"
