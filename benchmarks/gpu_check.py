@@ -12,7 +12,10 @@ Sections, each in its own try/except (an error is recorded and the next section 
    counter is reset per batch size and the model is freed before the next one is built).
 3. ``student_train_step``: the 2B student with fp32 master weights, bf16 autocast forward + backward with gradient
    checkpointing, AdamW step; peak memory and median step time.
-4. ``teacher_int8``: the 7B saved once (bf16, to a temporary folder) and reloaded through bitsandbytes INT8, as the
+4. ``vision_memo``: is reusing a frozen tower's features (``fslib.visionmemo``, on by default in 02) worth it here?
+   The 2B's vision features of a training batch, recomputed by the bf16 tower vs served by the memo on a hit (its
+   device-to-host copy and BLAKE2 digest of the pixels, the lookup and the copy back); median seconds of each.
+5. ``teacher_int8``: the 7B saved once (bf16, to a temporary folder) and reloaded through bitsandbytes INT8, as the
    real checkpoint would be; batch 1 only, fewer repeats (INT8 decode is slow). Last, because it is the slowest.
 
 Inputs are real synthetic egocentric scenes at 448x448 (256 visual tokens with the real processor bounds) through the
@@ -159,6 +162,44 @@ def section_train_step(args, ctx, preset: str) -> dict:
     return out
 
 
+def section_vision_memo(args, ctx, preset: str) -> dict:
+    """The frozen bf16 tower's features of one training batch: recomputed vs a memo hit (median s of each)."""
+    import torch
+
+    from fslib import bench, presets, visionmemo
+
+    processor, splits, _, train = ctx
+    model = presets.build_model(presets.config(preset, presets.token_ids(processor.tokenizer)), dtype=torch.bfloat16,
+                                device=args.device)
+    model.requires_grad_(False)
+    model.eval()
+    batch = train(splits["train"][:args.train_batch])["inputs"]
+    pixels = batch["pixel_values"].to(args.device, torch.bfloat16)
+    grid = batch["image_grid_thw"].to(args.device)
+    inner = model.model
+
+    def median_s(fn) -> float:
+        times = []
+        for _ in range(args.repeats + 1):  # the first call is a warm-up (and the memo's one miss)
+            bench._sync()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                fn()
+            bench._sync()
+            times.append(time.perf_counter() - t0)
+        return sorted(times[1:])[len(times[1:]) // 2]
+
+    tower_s = median_s(lambda: inner.get_image_features(pixels, grid))
+    memo = visionmemo.install(model, 2**30)
+    hit_s = median_s(lambda: inner.get_image_features(pixels, grid))
+    out = {"preset": preset, "batch": args.train_batch, "pixel_bytes": pixels.numel() * pixels.element_size(),
+           "tower_s": tower_s, "memo_hit_s": hit_s, "memo": memo.stats()}
+    visionmemo.remove(model)
+    del model, pixels
+    free(args.device)
+    return out
+
+
 def section_int8(args, ctx, preset: str) -> dict:
     """The teacher saved in bf16 to a temporary folder and reloaded with bitsandbytes INT8, then measured at batch 1."""
     import torch
@@ -199,6 +240,7 @@ def run(args) -> dict:
                 ("student_bf16", lambda: section_generate(args, ctx, student)),
                 ("teacher_bf16", lambda: section_generate(args, ctx, teacher)),
                 ("student_train_step", lambda: section_train_step(args, ctx, student)),
+                ("vision_memo", lambda: section_vision_memo(args, ctx, student)),
                 ("teacher_int8", lambda: section_int8(args, ctx, teacher))]
     try:
         ctx = setup(args)

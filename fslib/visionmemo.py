@@ -3,7 +3,8 @@
 A frozen tower (the student's with ``freeze_vision``, the teacher's always) maps the same pixels to the same visual
 tokens in every epoch. On the tiny pair its forward pass was about 45% of a student's training step (profiled: 22 of
 48 ms); on the real 2B (a 675M-parameter ViT ahead of a 1.5B language model) a third is an estimate from parameter
-counts, not a measurement. ``install`` wraps a Qwen2-VL model's
+counts, not a measurement. On a GPU a hit is not free either (the pixels' copy to the host and their digest):
+``benchmarks/gpu_check.py``'s ``vision_memo`` section times a hit against the bf16 tower. ``install`` wraps a Qwen2-VL model's
 ``get_image_features`` and ``get_video_features`` (the two methods its forward calls for pixels, transformers 5.x):
 each image or clip is looked up by a BLAKE2 digest of its patch rows, grid and dtype, so a changed image, resolution
 or processor setting never hits. Only the misses go through the tower, in one batch; their merged tokens are kept in

@@ -69,7 +69,11 @@ def test_gpu_check_cpu_smoke_run(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert res.returncode == 0, report["errors"] or res.stderr[-2000:]
     sections = report["sections"]
-    assert set(sections) == {"env", "student_bf16", "teacher_bf16", "student_train_step", "teacher_int8"}
+    assert set(sections) == {"env", "student_bf16", "teacher_bf16", "student_train_step", "vision_memo",
+                             "teacher_int8"}
+    memo = sections["vision_memo"]
+    assert memo["tower_s"] > 0 and memo["memo_hit_s"] > 0  # one miss per image, then every repeat hits
+    assert memo["memo"]["misses"] == memo["batch"] and memo["memo"]["hits"] == 2 * memo["batch"]  # --repeats 2
     assert sections["student_bf16"]["generated_tokens"] == [3]
     assert sections["teacher_int8"]["weights_bytes"] < sections["teacher_bf16"]["weights_bytes"]
     assert sections["student_train_step"]["peak_bytes"] > 0
