@@ -32,7 +32,10 @@ import torch
 
 from fslib import synth
 
-PRETRAIN_VERSION = 1
+# Part of each embedded build's cache key (fslib.models): bump it whenever a code change alters what pre-training
+# computes, so no machine keeps serving a build of the old code. 2: the loss projects logits only at answer positions
+# (fslib.forward), which changes the alignment stage's float rounding and so the language models' weights.
+PRETRAIN_VERSION = 2
 CAPTION_PROMPT = "Describe what I see."
 POSITIONS = ("col_left", "col_centre", "col_right", "row_top", "row_middle", "row_bottom")
 LABELS = (*synth.OBJECTS, *synth.COLOURS, "hand", *POSITIONS)
