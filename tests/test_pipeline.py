@@ -53,7 +53,7 @@ def test_bad_params_file_fails_before_any_work(tmp_path, capsys):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="Unix sockets")
-def test_kernels_talk_over_unix_sockets_not_tcp(tmp_path):
+def test_kernels_talk_over_unix_sockets_not_tcp():
     """make report's kernels use IPC: no local TCP ports, and no 'running over TCP without encryption' warning."""
     km = pipeline.kernel_manager_class()(kernel_name="python3")
     assert km.transport == "ipc"
