@@ -25,21 +25,21 @@ report: $(STAMP)  ## run the four notebooks on $(PARAMS); writes reports/<run>/i
 test: $(STAMP)  ## the test suite (GPU tests are skipped without a GPU; the Chromium test needs `chromium`)
 	$(PY) -m pytest -q
 
-# Kernels start in the repository root (fslib.lab), as under papermill, so the notebooks' defaults find reports/.
+# Kernels start in the repository root (fslib.stages.lab), as under papermill, so the notebooks' defaults find reports/.
 lab: $(STAMP)  ## JupyterLab on http://127.0.0.1:$(LAB_PORT) with the project's kernel
 	$(VENV)/bin/jupyter lab --no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
-		--ServerApp.root_dir=$(CURDIR) --ServerApp.kernel_manager_class=fslib.lab.RepoRootKernelManager \
+		--ServerApp.root_dir=$(CURDIR) --ServerApp.kernel_manager_class=fslib.stages.lab.RepoRootKernelManager \
 		$(if $(LAB_TOKEN),--IdentityProvider.token=$(LAB_TOKEN),) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 readme: $(STAMP)  ## regenerate README.md's params reference and headline (from reports/tiny/metrics.json)
-	$(PY) -m fslib.readme
+	$(PY) -m fslib.reporting.readme
 
 compare: $(STAMP)  ## make compare A=<run> B=<run>: params and metric differences, nbdime diff of the notebooks
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=<run> B=<run>  (names under reports/)"; exit 2; }
-	$(PY) -m fslib.compare $(A) $(B) --out reports/compare-$(A)-vs-$(B).md
+	$(PY) -m fslib.reporting.compare $(A) $(B) --out reports/compare-$(A)-vs-$(B).md
 
 check-report: $(STAMP)  ## open reports/$(RUN)/index.html in headless Chromium: figures, headline, no errors, no requests
-	$(PY) -m fslib.browser reports/$(RUN)/index.html --screenshot reports/$(RUN)/screenshot.png
+	$(PY) -m fslib.reporting.browser reports/$(RUN)/index.html --screenshot reports/$(RUN)/screenshot.png
 
 nbdime: $(STAMP)  ## use nbdime as git's diff/merge driver for notebooks in this clone
 	$(VENV)/bin/nbdime config-git --enable

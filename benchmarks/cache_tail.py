@@ -4,7 +4,7 @@
                                                                   # benchmarks/results/cache_tail.json (~10 min)
 
 The cache keeps the teacher's k largest logits per answer token; the rest of its softened distribution is one tail
-bucket (``fslib.kd.topk_kd_loss``). ``teacher_cache_tail: renormalise`` leaves that bucket empty (the teacher
+bucket (``fslib.engine.kd.topk_kd_loss``). ``teacher_cache_tail: renormalise`` leaves that bucket empty (the teacher
 renormalised over its k ids), ``exact`` stores the teacher's log-partition at the distillation temperature and so its
 true tail mass. How much mass is at stake depends on the teacher and on T, so this script measures both:
 
@@ -34,7 +34,14 @@ from transformers import AutoConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fslib import cache, collate, config, evaluate, forward, models, synth, train_cli  # noqa: E402
+from fslib.core import config, fsio, provenance
+from fslib.engine import collate, generate, losspaths, models
+from fslib.evaluation import metrics
+from fslib.training import (
+    cache,
+    jobs,  # noqa: E402
+)
+from fslib.world import synth
 
 VARIANTS = ("live", "renormalise", "exact")
 SCENE_KEYS = ("image_size", "max_objects", "clutter", "video_fraction", "video_frames")
@@ -48,7 +55,7 @@ def tail_mass(teacher, collator, records: list[dict], *, k: int, vocab: int, tem
     masses = []
     for start in range(0, len(records), batch_size):
         batch = collator(records[start:start + batch_size])
-        keep = forward.answer_positions(batch["labels"])
+        keep = losspaths.answer_positions(batch["labels"])
         rows = teacher(**batch["inputs"], logits_to_keep=keep).logits[:, :vocab].float()
         probs = torch.softmax(rows / temperature, dim=-1)
         masses.append(1 - probs.topk(min(k, vocab), dim=-1).values.sum(-1))
@@ -80,18 +87,18 @@ def main(argv=None) -> int:
     if not job_path.exists():
         raise SystemExit(f"{job_path} not found: run `make report` first (02 writes it when it distils on the "
                          "labelled questions; this benchmark re-trains that student)")
-    job = train_cli.Job(**_absolute(config.read_json(job_path)))
+    job = jobs.Job(**_absolute(fsio.read_json(job_path)))
     if not job.teacher_path:
         raise SystemExit(f"{job_path}: no teacher_path")
-    scene = {k: config.read_json(run / "data_stats.json")["params"][k] for k in SCENE_KEYS}
+    scene = {k: fsio.read_json(run / "data_stats.json")["params"][k] for k in SCENE_KEYS}
     probe = synth.stream_records("cache-tail", args.probe, seed=77, **scene)
     processor = models.load_processor(job.student_path)
     collator = collate.VQACollator(processor, job.pixels, max_length=job.max_length)
     answer_collator = collate.VQACollator(processor, job.pixels, max_length=job.max_length, train=False)
     vocab = AutoConfig.from_pretrained(job.student_path).get_text_config().vocab_size
-    k = (config.read_json(Path(job.cache_dir) / "meta.json")["k"] if job.cache_dir
+    k = (fsio.read_json(Path(job.cache_dir) / "meta.json")["k"] if job.cache_dir
          else config.default_params()["teacher_cache_topk"])  # the run's k, else 02's default
-    train_records, val_records = train_cli._records(job)
+    train_records, val_records = jobs._records(job)
     teacher = models.load_model(job.teacher_path, frozen=True)
     masses = [tail_mass(teacher, collator, train_records, k=k, vocab=vocab, temperature=t)
               for t in sorted({1.0, float(job.temperature)})]
@@ -108,12 +115,12 @@ def main(argv=None) -> int:
             for variant in VARIANTS:
                 out_dir = Path(work) / f"{variant}-{seed}"
                 t0 = time.perf_counter()
-                train_cli.run(job.but(out_dir=str(out_dir), cache_dir=caches.get(variant), seed=seed, resume=False))
+                jobs.run(job.but(out_dir=str(out_dir), cache_dir=caches.get(variant), seed=seed, resume=False))
                 seconds = time.perf_counter() - t0
                 model = models.load_model(str(out_dir / "best"), frozen=True)
-                answers = evaluate.generate_answers(model, answer_collator, probe, batch_size=32,
+                answers = generate.generate_answers(model, answer_collator, probe, batch_size=32,
                                                     desc=f"{variant} seed {seed}")
-                scores = evaluate.summarise(answers, probe)
+                scores = metrics.summarise(answers, probe)
                 row = result["variants"][variant]
                 row["exact_match"].append(scores["exact_match"])
                 row["train_s"].append(seconds)
@@ -129,8 +136,8 @@ def main(argv=None) -> int:
                "settings": {f: getattr(job, f) for f in ("temperature", "alpha", "divergence", "epochs", "lr",
                                                          "batch_size", "grad_accum")},
                "command": "python benchmarks/cache_tail.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "environment": config.environment()}
-    config.write_json(args.out, result)
+               "environment": provenance.environment()}
+    fsio.write_json(args.out, result)
     print("; ".join(f"{v} {r['mean']:.3f}" for v, r in result["variants"].items()) + f": {args.out}")
     return 0
 

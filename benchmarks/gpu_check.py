@@ -8,11 +8,11 @@ Sections, each in its own try/except (an error is recorded and the next section 
 1. ``env``: torch/transformers/bitsandbytes versions, device name, memory, peak bandwidth used for utilisation.
 2. ``student_bf16`` / ``teacher_bf16``: the 2B and 7B built in bf16 directly on the device; time to first token,
    decode time per token, throughput at each batch size, weights and peak memory, decode bandwidth utilisation
-   (``fslib.bench.measure_loaded``: warm-up excluded, min_new_tokens == max_new_tokens, median and p90; the peak
+   (``fslib.evaluation.bench.measure_loaded``: warm-up excluded, min_new_tokens == max_new_tokens, median and p90; the peak
    counter is reset per batch size and the model is freed before the next one is built).
 3. ``student_train_step``: the 2B student with fp32 master weights, bf16 autocast forward + backward with gradient
    checkpointing, AdamW step; peak memory and median step time.
-4. ``vision_memo``: is reusing a frozen tower's features (``fslib.visionmemo``, on by default in 02) worth it here?
+4. ``vision_memo``: is reusing a frozen tower's features (``fslib.engine.visionmemo``, on by default in 02) worth it here?
    The 2B's vision features of a training batch, recomputed by the bf16 tower vs served by the memo on a hit (its
    device-to-host copy and BLAKE2 digest of the pixels, the lookup and the copy back); median seconds of each.
 5. ``teacher_int8``: the 7B saved once (bf16, to a temporary folder) and reloaded through bitsandbytes INT8, as the
@@ -59,16 +59,17 @@ def parse_args(argv=None):
 
 def setup(args):
     """The processor (tiny tokenizer, real pixel bounds), the scenes, and collators for generation and training."""
-    from fslib import collate, presets, synth
-    from fslib.models import build_tiny_processor
+    from fslib.engine import collate, randominit
+    from fslib.world import synth
+    from fslib.world.embedded import build_tiny_processor
 
-    processor = build_tiny_processor(synth.corpus_text(), min_pixels=presets.REAL_MIN_PIXELS,
-                                     max_pixels=presets.REAL_MAX_PIXELS)
+    processor = build_tiny_processor(synth.corpus_text(), min_pixels=randominit.REAL_MIN_PIXELS,
+                                     max_pixels=randominit.REAL_MAX_PIXELS)
     n = max(args.batch_sizes + [args.train_batch])
     splits = synth.build_synthetic(seed=0, n_train=n, n_val=1, n_test=n, n_ood=1, image_size=args.image_size,
                                    video_fraction=0.0)
     side = args.image_size * args.image_size
-    pixels = dict(image_min_pixels=presets.REAL_MIN_PIXELS, image_max_pixels=side, video_min_pixels=3136,
+    pixels = dict(image_min_pixels=randominit.REAL_MIN_PIXELS, image_max_pixels=side, video_min_pixels=3136,
                   video_max_pixels=side, video_total_pixels=side * 8)
     gen = collate.VQACollator(processor, pixels, max_length=4096, train=False)
     train = collate.VQACollator(processor, pixels, max_length=4096, train=True)
@@ -88,7 +89,7 @@ def section_env(args, ctx) -> dict:
 
     import torch
 
-    from fslib import bench
+    from fslib.evaluation import bench
 
     name = bench.device_name(args.device)
     out = {"torch": torch.__version__, "device": name, "peak_bandwidth_bytes_per_s": bench.peak_bandwidth(name)}
@@ -101,16 +102,17 @@ def section_env(args, ctx) -> dict:
 
 
 def section_generate(args, ctx, preset: str) -> dict:
-    """Build ``preset`` in bf16 on the device, measure it (``fslib.bench.measure_loaded``), free it."""
+    """Build ``preset`` in bf16 on the device, measure it (``fslib.evaluation.bench.measure_loaded``), free it."""
     import torch
 
-    from fslib import bench, presets
+    from fslib.engine import randominit
+    from fslib.evaluation import bench
 
     processor, splits, gen, _ = ctx
     bench.reset_peak(args.device)
-    cfg = presets.config(preset, presets.token_ids(processor.tokenizer))
+    cfg = randominit.config(preset, randominit.token_ids(processor.tokenizer))
     t0 = time.perf_counter()
-    model = presets.build_model(cfg, dtype=torch.bfloat16, device=args.device)
+    model = randominit.build_model(cfg, dtype=torch.bfloat16, device=args.device)
     build_s = time.perf_counter() - t0
     recs = splits["test"]
     batches = {b: gen(recs[:b])["inputs"] for b in args.batch_sizes}
@@ -126,11 +128,12 @@ def section_train_step(args, ctx, preset: str) -> dict:
     """fp32 master weights, bf16 autocast forward + backward, gradient checkpointing, AdamW: peak and step time."""
     import torch
 
-    from fslib import bench, presets
+    from fslib.engine import randominit
+    from fslib.evaluation import bench
 
     processor, splits, _, train = ctx
     bench.reset_peak(args.device)
-    model = presets.build_model(presets.config(preset, presets.token_ids(processor.tokenizer)), device=args.device)
+    model = randominit.build_model(randominit.config(preset, randominit.token_ids(processor.tokenizer)), device=args.device)
     model.requires_grad_(True)
     model.train()
     model.config.use_cache = False  # a KV cache is useless in training and conflicts with checkpointing
@@ -166,10 +169,11 @@ def section_vision_memo(args, ctx, preset: str) -> dict:
     """The frozen bf16 tower's features of one training batch: recomputed vs a memo hit (median s of each)."""
     import torch
 
-    from fslib import bench, presets, visionmemo
+    from fslib.engine import randominit, visionmemo
+    from fslib.evaluation import bench
 
     processor, splits, _, train = ctx
-    model = presets.build_model(presets.config(preset, presets.token_ids(processor.tokenizer)), dtype=torch.bfloat16,
+    model = randominit.build_model(randominit.config(preset, randominit.token_ids(processor.tokenizer)), dtype=torch.bfloat16,
                                 device=args.device)
     model.requires_grad_(False)
     model.eval()
@@ -204,12 +208,13 @@ def section_int8(args, ctx, preset: str) -> dict:
     """The teacher saved in bf16 to a temporary folder and reloaded with bitsandbytes INT8, then measured at batch 1."""
     import torch
 
-    from fslib import bench, presets
-    from fslib.models import load_model
+    from fslib.engine import randominit
+    from fslib.engine.models import load_model
+    from fslib.evaluation import bench
 
     processor, splits, gen, _ = ctx
     with tempfile.TemporaryDirectory(prefix="gpu_check_int8_") as tmp:
-        model = presets.build_model(presets.config(preset, presets.token_ids(processor.tokenizer)),
+        model = randominit.build_model(randominit.config(preset, randominit.token_ids(processor.tokenizer)),
                                     dtype=torch.bfloat16, device=args.device)
         t0 = time.perf_counter()
         model.save_pretrained(tmp)

@@ -5,8 +5,8 @@
 writes benchmarks/results/kd_loss_memory.json. Each variant runs in a fresh process (``--variant NAME``), so that
 one variant's peak cannot hide in another's:
 
-* naive:   both models' full logits (N, V) for every token, then ``fslib.kd.kd_loss``.
-* chunked: ``fslib.kd.chunked_kd_loss`` from hidden states and lm_head weights, ``--chunk-size`` rows at a time.
+* naive:   both models' full logits (N, V) for every token, then ``fslib.engine.kd.kd_loss``.
+* chunked: ``fslib.engine.kd.chunked_kd_loss`` from hidden states and lm_head weights, ``--chunk-size`` rows at a time.
 * trl:     the same full logits into TRL's ``GKDTrainer.generalized_jsd_loss(beta=0)`` (forward KL, no CE term),
            run with the interpreter given by ``--trl-python`` (a venv holding trl); skipped without one.
 
@@ -80,7 +80,7 @@ def _step(variant: str, h_s, w_s, h_t, w_t, labels, chunk_size: int) -> float:
     import torch.nn.functional as F
 
     if variant == "chunked":
-        from fslib.kd import chunked_kd_loss
+        from fslib.engine.kd import chunked_kd_loss
 
         loss = chunked_kd_loss(h_s, w_s, h_t, w_t, labels, temperature=TEMPERATURE, alpha=ALPHA,
                                chunk_size=chunk_size).loss
@@ -89,7 +89,7 @@ def _step(variant: str, h_s, w_s, h_t, w_t, labels, chunk_size: int) -> float:
         with torch.no_grad():
             t_logits = F.linear(h_t, w_t)  # (1, N + 1, V_t)
         if variant == "naive":
-            from fslib.kd import kd_loss
+            from fslib.engine.kd import kd_loss
 
             loss = kd_loss(s_logits, t_logits, labels, temperature=TEMPERATURE, alpha=ALPHA).loss
         else:
@@ -105,7 +105,7 @@ def _step(variant: str, h_s, w_s, h_t, w_t, labels, chunk_size: int) -> float:
 def worker(variant: str, n_tokens: int, chunk_size: int, repeats: int) -> dict:
     import torch
 
-    import fslib.kd  # noqa: F401  imported before the baseline, so that no import counts towards a peak
+    import fslib.engine.kd  # noqa: F401  imported before the baseline, so that no import counts towards a peak
 
     if variant == "trl":
         import trl.experimental.gkd  # noqa: F401

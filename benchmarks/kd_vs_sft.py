@@ -39,7 +39,7 @@ def run_seed(params_file: Path, seed: int, reports_dir: str, *, collect: bool = 
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(params, f)
         try:
-            subprocess.run([sys.executable, "-m", "fslib.pipeline", f.name, "--stages", "01_data", "02_distill",
+            subprocess.run([sys.executable, "-m", "fslib.stages.pipeline", f.name, "--stages", "01_data", "02_distill",
                             "03_evaluate"], cwd=ROOT, check=True)
         finally:
             Path(f.name).unlink()

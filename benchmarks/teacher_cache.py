@@ -6,8 +6,8 @@ Two copies of the same student, prepared as 02 prepares it (frozen vision tower,
 defaults say), train on the same batches (the 01/02 notebooks' default data settings, micro-batch size, loss and
 student epochs, read from their parameter cells), one step each in turn: "live" takes the teacher's distribution from
 a forward pass of the frozen teacher, "cached" from its top-k logits in the cache (no teacher loaded). Both steps go
-through ``fslib.forward.batch_loss`` (the training loop's code), then backward, clipping and an AdamW update. Frozen
-vision towers' features are reused across epochs in both (``fslib.visionmemo``: the teacher's and the student's, as
+through ``fslib.engine.losspaths.batch_loss`` (the training loop's code), then backward, clipping and an AdamW update. Frozen
+vision towers' features are reused across epochs in both (``fslib.engine.visionmemo``: the teacher's and the student's, as
 in training), unless ``--vision-memo-gb 0``.
 
 samples_per_s: samples / wall time over all steps but the first (a warm-up), so the first epoch's tower passes count;
@@ -32,17 +32,26 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fslib import cache, collate, config, forward, models, student, synth, train, visionmemo  # noqa: E402
+from fslib.core import config, fsio, provenance
+from fslib.engine import (
+    adapters,
+    collate,
+    losspaths,
+    models,
+    visionmemo,  # noqa: E402
+)
+from fslib.training import cache, sampler
+from fslib.world import embedded, synth
 
 
 def _timed_step(student, opt, batch: dict, p: dict, **source) -> tuple[float, float]:
-    """One training step of ``student`` on ``batch`` (the code path of fslib.train); (wall s, process CPU s)."""
+    """One training step of ``student`` on ``batch`` (the code path of fslib.training.loop); (wall s, process CPU s)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    out = forward.batch_loss(student, batch=batch, temperature=p["temperature"], alpha=p["alpha"], device="cpu",
+    out = losspaths.batch_loss(student, batch=batch, temperature=p["temperature"], alpha=p["alpha"], device="cpu",
                              divergence=p["divergence"], beta=p["beta"], kd_impl=p["kd_impl"],
                              kd_chunk_size=p["kd_chunk_size"], **source)
     out.loss.backward()
-    torch.nn.utils.clip_grad_norm_(student.parameters(), p["max_grad_norm"])
+    torch.nn.utils.clip_grad_norm_(adapters.parameters(), p["max_grad_norm"])
     opt.step()
     opt.zero_grad(set_to_none=True)
     return time.perf_counter() - wall, time.process_time() - cpu
@@ -58,15 +67,15 @@ def _summary(times: list[tuple[int, float, float]]) -> dict:
 
 def _prepare(p: dict, n_train: int, work: Path):
     """The embedded pair, the default synthetic data and the cache (timed): (paths, loader, cache, build seconds)."""
-    t_path = models.resolve_model(p["teacher_model"], work / "embedded")
-    s_path = models.resolve_model(p["student_model"], work / "embedded")
+    t_path = embedded.resolve_model(p["teacher_model"], work / "embedded")
+    s_path = embedded.resolve_model(p["student_model"], work / "embedded")
     splits = synth.build_synthetic(seed=p["seed"], n_train=n_train, n_val=0, n_test=0, n_ood=0,
                                    image_size=p["image_size"], max_objects=p["max_objects"], clutter=p["clutter"],
                                    video_fraction=p["video_fraction"], video_frames=p["video_frames"])
     pixels = {k: p[k] for k in ("image_min_pixels", "image_max_pixels", "video_min_pixels", "video_max_pixels",
                                 "video_total_pixels")}
     col = collate.VQACollator(models.load_processor(s_path), pixels, max_length=p["max_length"])
-    loader = train.make_loader(splits["train"], col, batch_size=p["batch_size"], shuffle=True, seed=p["seed"])
+    loader = sampler.make_loader(splits["train"], col, batch_size=p["batch_size"], shuffle=True, seed=p["seed"])
     vocab = models.load_model(s_path).get_output_embeddings().weight.shape[0]
     t0 = time.perf_counter()
     tc, _ = cache.ensure(cache.TeacherRef(t_path), col, splits["train"], work / "cache",
@@ -79,12 +88,12 @@ def _student(s_path: str, p: dict):
     """The student as 02 trains it: the defaults' frozen vision tower, checkpointing and LoRA choices."""
     lora = {"lora": p["student_lora"], "lora_r": p["lora_r"], "lora_alpha": p["lora_alpha"],
             "lora_dropout": p["lora_dropout"]}
-    return student.prepare(models.load_model(s_path, dtype=p["student_dtype"]), freeze_vision=p["freeze_vision"],
+    return adapters.prepare(models.load_model(s_path, dtype=p["student_dtype"]), freeze_vision=p["freeze_vision"],
                            gradient_checkpointing=p["gradient_checkpointing"], **lora)
 
 
 def _memoise(models_: dict, p: dict) -> dict:
-    """As fslib.trainsetup does on one process: every frozen tower's features reused (a trainable one's never)."""
+    """As fslib.training.setup does on one process: every frozen tower's features reused (a trainable one's never)."""
     return {name: visionmemo.install(m, int(p["vision_memo_gb"] * 2**30)) for name, m in models_.items()}
 
 
@@ -142,8 +151,8 @@ def main(argv=None) -> int:
                                                "student_lora", "student_dtype", "image_size", "video_fraction",
                                                "video_frames")}}
     result["command"] = "python benchmarks/teacher_cache.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    result["environment"] = config.environment()
-    config.write_json(args.out, result)
+    result["environment"] = provenance.environment()
+    fsio.write_json(args.out, result)
     print(f"live {result['live']['samples_per_s']:.2f} samples/s, cached {result['cached']['samples_per_s']:.2f} "
           f"samples/s: x{result['speedup']:.2f} (per CPU second x{result['speedup_cpu_time']:.2f}); {args.out}")
     return 0

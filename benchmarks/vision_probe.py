@@ -28,7 +28,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fslib import config, models, synth  # noqa: E402
+from fslib.core import config, fsio, provenance
+from fslib.engine import models
+from fslib.world import (
+    embedded,
+    synth,  # noqa: E402
+)
 
 TASKS = ("object_category", "object_colour", "held_object")
 
@@ -105,7 +110,7 @@ def main(argv=None) -> int:
     result = {"scenes": args.scenes, "models": {}}
     with tempfile.TemporaryDirectory(prefix="vision_probe_") as work:
         for name in names:
-            path = models.resolve_model(name, Path(work) / "embedded")
+            path = embedded.resolve_model(name, Path(work) / "embedded")
             model = models.load_model(path, frozen=True)
             tokens, grids = visual_tokens(model, models.load_processor(path).image_processor, records)
             examples = probe_examples(records, tokens, grids)
@@ -114,8 +119,8 @@ def main(argv=None) -> int:
                          for t, r in result["models"][name].items()})
     result["settings"] = {k: p[k] for k in ("seed", "image_size", "max_objects", "clutter", "image_max_pixels")}
     result["command"] = "python benchmarks/vision_probe.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    result["environment"] = config.environment()
-    config.write_json(args.out, result)
+    result["environment"] = provenance.environment()
+    fsio.write_json(args.out, result)
     print(args.out)
     return 0
 

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from fslib import models, synth
+from fslib.engine import models
+from fslib.world import embedded, synth
 
 
 def pytest_configure(config):
     # Unit tests exercise code paths, not accuracy: embedded models are built without their minutes of
     # pre-training (tests/test_pretrain.py covers it), and builds are cached in a throwaway folder.
-    os.environ.setdefault(models.PRETRAIN_ENV, "0")
-    os.environ.setdefault(models.CACHE_ENV, tempfile.mkdtemp(prefix="firstsight-test-cache-"))
+    os.environ.setdefault(embedded.PRETRAIN_ENV, "0")
+    os.environ.setdefault(embedded.CACHE_ENV, tempfile.mkdtemp(prefix="firstsight-test-cache-"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,12 +41,12 @@ def embedded_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def teacher_path(embedded_root):
-    return models.resolve_model("embedded:tiny-teacher", embedded_root)
+    return embedded.resolve_model("embedded:tiny-teacher", embedded_root)
 
 
 @pytest.fixture(scope="session")
 def student_path(embedded_root):
-    return models.resolve_model("embedded:tiny-student", embedded_root)
+    return embedded.resolve_model("embedded:tiny-student", embedded_root)
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +69,10 @@ def small_splits():
 @pytest.fixture(scope="session")
 def small_data_dir(small_splits, tmp_path_factory):
     """``small_splits`` saved as the DatasetDict folder 01 writes (for the benchmark worker and 03's helpers)."""
-    from fslib import data
+    from fslib.data import store
 
     out = tmp_path_factory.mktemp("data") / "data"
-    data.save_dataset(small_splits, out, card={"seed": 3})
+    store.save_dataset(small_splits, out, card={"seed": 3})
     return out
 
 
@@ -95,7 +96,8 @@ def tiny_run(tmp_path_factory):
 
     import yaml
 
-    from fslib import config, pipeline
+    from fslib.core import config
+    from fslib.stages import pipeline
 
     root = tmp_path_factory.mktemp("runs")
     declared = config.declared_params()

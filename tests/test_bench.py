@@ -4,7 +4,9 @@ parameter splits as stored, and peak memory that is never carried from one model
 import pytest
 import torch
 
-from fslib import bench, collate, models, presets, synth
+from fslib.engine import collate, models, randominit
+from fslib.evaluation import bench, isolation
+from fslib.world import embedded, synth
 
 
 class _Fake:
@@ -108,9 +110,9 @@ def _spec(name, path, data_dir, pixels, **kw):
 def test_peak_memory_is_not_carried_from_one_model_to_the_next(tmp_path, student_path, small_data_dir, pixels):
     """A big model (real 151,936-row vocabulary, ~320 MB of weights) measured first, then the tiny student: each in
     its own process, so the small one's peak is far below the big one's (one process would report the big peak)."""
-    big = models.resolve_model("random-init:cpu-medium", tmp_path, corpus_fn=synth.corpus_text)
-    r_big = bench.run_isolated(_spec("big", big, small_data_dir, pixels), tmp_path / "bench")
-    r_small = bench.run_isolated(_spec("small", student_path, small_data_dir, pixels), tmp_path / "bench")
+    big = embedded.resolve_model("random-init:cpu-medium", tmp_path, corpus_fn=synth.corpus_text)
+    r_big = isolation.run_isolated(_spec("big", big, small_data_dir, pixels), tmp_path / "bench")
+    r_small = isolation.run_isolated(_spec("small", student_path, small_data_dir, pixels), tmp_path / "bench")
     assert r_big["weights_bytes"] > 300e6 > 10e6 > r_small["weights_bytes"]
     assert r_big["peak_bytes"] - r_big["baseline_bytes"] > 300e6
     assert r_small["peak_bytes"] < r_big["peak_bytes"] - 200e6
@@ -123,7 +125,7 @@ def test_peak_memory_is_not_carried_from_one_model_to_the_next(tmp_path, student
 def test_worker_answers_blind_only_where_asked(tmp_path, student_path, small_data_dir, pixels):
     spec = _spec("student", student_path, small_data_dir, pixels, batch_sizes=[1], answer_splits=["test", "ood"],
                  blind_splits=["test"], eval_batch_size=4, max_new_tokens=3)
-    r = bench.run_isolated(spec, tmp_path)
+    r = isolation.run_isolated(spec, tmp_path)
     assert set(r["answers"]["test"]) == {"normal", "blind"} and set(r["answers"]["ood"]) == {"normal"}
     assert len(r["answers"]["test"]["blind"]) == 6
 
@@ -144,7 +146,7 @@ def test_gpu_peak_is_reset_per_model():
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     peaks = []
     for dtype in (torch.float32, torch.bfloat16):  # the same shapes, half the bytes the second time
-        model = presets.build_model(presets.config("cpu-medium"), dtype=dtype, device="cuda")
+        model = randominit.build_model(randominit.config("cpu-medium"), dtype=dtype, device="cuda")
         peaks.append(bench.measure_loaded(model, {1: inputs}, device="cuda", new_tokens=3, warmup=1,
                                           repeats=2)["peak_bytes"])
         del model

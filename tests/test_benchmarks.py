@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from fslib.config import REPO_ROOT
+from fslib.core.fsio import REPO_ROOT
 
 
 def _script(name):
@@ -90,7 +90,7 @@ def test_cache_tail_mass_is_the_teacher_mass_outside_its_top_k(teacher_path, stu
                                                                 small_splits):
     """Against a direct softmax of the teacher's full logits at the answer positions; 0 when k covers the vocabulary,
     and more mass outside the top k at a higher temperature."""
-    from fslib import collate, forward, models
+    from fslib.engine import collate, losspaths, models
 
     cache_tail = _script("cache_tail")
     teacher = models.load_model(teacher_path, frozen=True)
@@ -98,7 +98,7 @@ def test_cache_tail_mass_is_the_teacher_mass_outside_its_top_k(teacher_path, stu
     records = small_splits["train"][:5]
     vocab = models.load_model(student_path).get_output_embeddings().weight.shape[0]  # the cache's ids
     batch = col(records)
-    logits = teacher(**batch["inputs"]).logits[forward.answer_positions(batch["labels"])][:, :vocab]
+    logits = teacher(**batch["inputs"]).logits[losspaths.answer_positions(batch["labels"])][:, :vocab]
     expected = 1 - torch.softmax(logits / 3.0, -1).topk(4, -1).values.sum(-1)
     got = cache_tail.tail_mass(teacher, col, records, k=4, vocab=vocab, temperature=3.0, batch_size=2)
     assert got["tokens"] == expected.numel() > 5

@@ -6,7 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fslib import cache, collate, forward, models, seqkd, train
+from fslib.engine import collate, generate, losspaths, models
+from fslib.training import cache, loop, sampler, seqkd
+from fslib.world import synth
 
 
 @pytest.fixture()
@@ -34,7 +36,7 @@ def test_full_k_cache_reproduces_the_live_teacher_loss_and_gradients(tmp_path, t
     grads = []
     for kw in ({"cache": tc}, {}):
         student = models.load_model(student_path)
-        out = forward.batch_loss(student, None if kw else teacher, batch, temperature=2.0, alpha=0.5, device="cpu",
+        out = losspaths.batch_loss(student, None if kw else teacher, batch, temperature=2.0, alpha=0.5, device="cpu",
                                  **kw)
         out.loss.backward()
         grads.append((out, torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])))
@@ -99,8 +101,8 @@ def test_log_partition_gives_the_teacher_tail_and_follows_the_temperature(tmp_pa
         records[0]["id"]][2]])[2] is None
     student = models.load_model(student_path)
     with pytest.raises(ValueError, match="training temperature"):  # the stored logZ is at T = 3
-        forward.batch_loss(student, None, batch, temperature=2.0, alpha=0.5, device="cpu", cache=tc3)
-    out = forward.batch_loss(student, None, batch, temperature=3.0, alpha=0.5, device="cpu", cache=tc3)
+        losspaths.batch_loss(student, None, batch, temperature=2.0, alpha=0.5, device="cpu", cache=tc3)
+    out = losspaths.batch_loss(student, None, batch, temperature=3.0, alpha=0.5, device="cpu", cache=tc3)
     assert torch.isfinite(out.loss) and out.kd.item() > 0
 
 
@@ -125,8 +127,8 @@ def test_training_from_the_cache_runs_without_a_teacher(tmp_path, teacher_path, 
     recs = small_splits["train"][:4] + small_splits["val"][:2]
     tc, _ = cache.ensure(cache.TeacherRef(teacher_path), collator, recs, tmp_path / "c", k=8,
                          vocab=_vocab(student_path))
-    loaders = [train.make_loader(r, collator, batch_size=2, shuffle=True, seed=0) for r in (recs[:4], recs[4:])]
-    hist = train.train(models.load_model(student_path), None, processor, *loaders, out_dir=tmp_path / "run",
+    loaders = [sampler.make_loader(r, collator, batch_size=2, shuffle=True, seed=0) for r in (recs[:4], recs[4:])]
+    hist = loop.train(models.load_model(student_path), None, processor, *loaders, out_dir=tmp_path / "run",
                        epochs=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
                        temperature=2.0, alpha=0.5, cache=tc)
     assert all(s["kd"] > 0 and s["ce"] > 0 for s in hist["steps"])
@@ -135,7 +137,7 @@ def test_training_from_the_cache_runs_without_a_teacher(tmp_path, teacher_path, 
 
 def test_unlabelled_pool_is_disjoint_and_teacher_answers_are_cached(tmp_path, teacher_path, collator, small_splits):
     params = dict(image_size=112, max_objects=3, clutter=2, video_fraction=0.34, video_frames=4)
-    pool = seqkd.synthetic_pool(3, data_params=params, seed=3)
+    pool = synth.synthetic_pool(3, data_params=params, seed=3)
     seen = {r["scene_seed"] for split in small_splits.values() for r in split}
     assert len(pool) == 3 and all(r["answer"] is None for r in pool)
     assert not seen & {r["scene_seed"] for r in pool}
@@ -156,11 +158,11 @@ def test_teacher_answer_confidence_is_the_answer_probability_and_filters(teacher
 
     import torch
 
-    from fslib import collate, models
+    from fslib.engine import collate, models
 
     records = small_splits["train"][:3]
     model = models.load_model(teacher_path, frozen=True)
-    texts, probs = seqkd.generate_with_confidence(model, dataclasses.replace(collator, train=False), records,
+    texts, probs = generate.generate_with_confidence(model, dataclasses.replace(collator, train=False), records,
                                                   batch_size=3, max_new_tokens=6)
     compared = 0
     for record, text, p in zip(records, texts, probs):

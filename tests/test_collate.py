@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from fslib import collate, models
+from fslib.engine import collate, models
+from fslib.world import embedded
 
 
 def test_labels_keep_only_answer_and_im_end(processor, pixels, small_splits):
@@ -52,7 +53,7 @@ def test_too_long_sample_is_an_error(processor, pixels, small_splits):
 
 
 def test_processor_mismatch_is_named(processor, tmp_path):
-    other = models.build_tiny_processor(["a completely different corpus"] * 5, **models.TINY_PIXELS)
+    other = embedded.build_tiny_processor(["a completely different corpus"] * 5, **embedded.TINY_PIXELS)
     with pytest.raises(collate.ProcessorMismatchError, match="vocabularies differ"):
         collate.check_processors_agree(other, processor)
     collate.check_processors_agree(processor, processor)

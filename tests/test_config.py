@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fslib import config
+from fslib.core import config, fsio
 
-PARAMS = sorted(Path(config.REPO_ROOT, "params").glob("*.yaml"))
+PARAMS = sorted(Path(fsio.REPO_ROOT, "params").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", PARAMS, ids=[p.name for p in PARAMS])
@@ -16,7 +16,7 @@ def test_every_params_file_is_known_to_the_notebooks(path):
 
 
 def test_tiny_is_the_embedded_default():
-    params = config.load_params(Path(config.REPO_ROOT, "params", "tiny.yaml"))
+    params = config.load_params(Path(fsio.REPO_ROOT, "params", "tiny.yaml"))
     assert params["run_name"] == "tiny"
     declared = config.declared_params()
     # the notebooks' own defaults run the tiny CPU config
@@ -78,7 +78,7 @@ def test_parameter_cells_follow_the_convention():
 
 
 def test_real_run_matches_the_seed_guide():
-    p = yaml.safe_load(Path(config.REPO_ROOT, "params", "qwen2vl-7b-to-2b.yaml").read_text())
+    p = yaml.safe_load(Path(fsio.REPO_ROOT, "params", "qwen2vl-7b-to-2b.yaml").read_text())
     assert p["teacher_model"] == "Qwen/Qwen2-VL-7B-Instruct" and p["student_model"] == "Qwen/Qwen2-VL-2B-Instruct"
     assert (p["teacher_quantization"], p["temperature"], p["alpha"], p["learning_rate"]) == ("int8", 3.0, 0.7, 1e-4)
     assert (p["batch_size"], p["grad_accum"], p["epochs"], p["gradient_checkpointing"]) == (2, 8, 3, True)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fslib import data, sources, synth
+from fslib.data import sources, store
+from fslib.world import synth
 
 
 def _png(path, colour=(200, 30, 30), size=(32, 24)):
@@ -51,10 +52,10 @@ def media(tmp_path):
 def test_save_dataset_round_trip(tmp_path):
     splits = synth.build_synthetic(seed=1, n_train=6, n_val=2, n_test=3, n_ood=2)
     out = tmp_path / "ds"
-    data.save_dataset(splits, out, card={"generator_version": synth.GENERATOR_VERSION, "seed": 1})
+    store.save_dataset(splits, out, card={"generator_version": synth.GENERATOR_VERSION, "seed": 1})
     ds = datasets.load_from_disk(str(out))
     assert {k: len(v) for k, v in ds.items()} == {"train": 6, "val": 2, "test": 3, "ood": 2}
-    back = data.records_from_dataset(ds["train"])
+    back = store.records_from_dataset(ds["train"])
     for orig, rec in zip(splits["train"], back, strict=True):
         assert {k: rec[k] for k in ("id", "qtype", "question", "answer", "aliases", "pairs", "target", "scene_seed")} \
                == {k: orig[k] for k in ("id", "qtype", "question", "answer", "aliases", "pairs", "target", "scene_seed")}
@@ -71,13 +72,13 @@ def test_save_dataset_round_trip(tmp_path):
     header = next(line for line in card.splitlines() if line.startswith("| split | colour"))
     row = next(line for line in card.splitlines() if line.startswith("| train |") and line.count("|") == header.count("|"))
     assert row.split("|")[header.split("|").index(" count ")].strip() == str(n_count)
-    assert len(data.records_from_dataset(data.load_dataset_dir(out))) == 13
+    assert len(store.records_from_dataset(store.load_dataset_dir(out))) == 13
 
 
 def test_user_records_save_unlabelled(tmp_path, media):
-    recs, _ = data.load_jsonl(_jsonl(media / "d.jsonl", [{"image": "a.png", "question": "What is this?"}]))
-    data.save_dataset({"user": recs}, tmp_path / "u", card={"source": "d.jsonl"})
-    back = data.records_from_dataset(datasets.load_from_disk(str(tmp_path / "u")))
+    recs, _ = store.load_jsonl(_jsonl(media / "d.jsonl", [{"image": "a.png", "question": "What is this?"}]))
+    store.save_dataset({"user": recs}, tmp_path / "u", card={"source": "d.jsonl"})
+    back = store.records_from_dataset(datasets.load_from_disk(str(tmp_path / "u")))
     assert back[0]["answer"] is None and back[0]["scene_seed"] == -1 and back[0]["qtype"] == "user"
 
 
@@ -142,7 +143,7 @@ def test_hf_vlm_list_content(tmp_path):
     msgs = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Count?"}]},
             {"role": "assistant", "content": [{"type": "text", "text": "2"}]}]
     datasets.Dataset.from_dict({"messages": [msgs], "images": [[img]]}).save_to_disk(str(tmp_path / "hf"))
-    recs, _ = data.load_hf_vlm(tmp_path / "hf")
+    recs, _ = store.load_hf_vlm(tmp_path / "hf")
     assert [(r["question"], r["answer"]) for r in recs] == [("Count?", "2")]
 
 
@@ -166,8 +167,8 @@ JSONL_BAD = [
 def test_jsonl_bad_sample(media, bad, reason):
     _png(media / "b.png", size=(5, 5))
     path = _jsonl(media / "bad.jsonl", [{"image": "a.png", "question": "ok?"}, bad, {"image": "a.png", "question": "ok"}])
-    with pytest.raises(data.DataError, match=reason) as err:
-        data.load_jsonl(path)
+    with pytest.raises(store.DataError, match=reason) as err:
+        store.load_jsonl(path)
     assert "bad.jsonl" in str(err.value) and "line 2" in str(err.value)
     recs, skipped = sources.load_user_data(path, on_bad_sample="skip")
     assert len(recs) == 2 and len(skipped) == 1
@@ -189,17 +190,17 @@ LLAVA_BAD = [
 def test_llava_bad_sample(media, bad, reason):
     good = {"image": "a.png", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]}
     (media / "bad.json").write_text(json.dumps([good, good, bad]))
-    with pytest.raises(data.DataError, match=reason) as err:
-        data.load_llava_json(media / "bad.json")
+    with pytest.raises(store.DataError, match=reason) as err:
+        store.load_llava_json(media / "bad.json")
     assert "bad.json" in str(err.value) and "index 2" in str(err.value)
-    recs, skipped = data.load_llava_json(media / "bad.json", on_bad_sample="skip")
+    recs, skipped = store.load_llava_json(media / "bad.json", on_bad_sample="skip")
     assert len(recs) == 2 and [(s["record"], reason in s["reason"]) for s in skipped] == [(2, True)]
 
 
 def test_llava_malformed_file(media):
     (media / "broken.json").write_text("[{")
-    with pytest.raises(data.DataError, match="broken.json.*malformed JSON"):
-        data.load_llava_json(media / "broken.json", on_bad_sample="skip")  # a broken file cannot be skipped around
+    with pytest.raises(store.DataError, match="broken.json.*malformed JSON"):
+        store.load_llava_json(media / "broken.json", on_bad_sample="skip")  # a broken file cannot be skipped around
 
 
 @pytest.mark.parametrize("bad,reason", [
@@ -211,10 +212,10 @@ def test_hf_vlm_bad_sample(tmp_path, bad, reason):
     img = Image.new("RGB", (8, 8))
     good = ([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A"}], [img])
     path = _hf_dir(tmp_path, [good, (bad[0], [img] if bad[1] == "img" else bad[1])])
-    with pytest.raises(data.DataError, match=reason) as err:
-        data.load_hf_vlm(path)
+    with pytest.raises(store.DataError, match=reason) as err:
+        store.load_hf_vlm(path)
     assert "hf" in str(err.value) and "index 1" in str(err.value)
-    recs, skipped = data.load_hf_vlm(path, on_bad_sample="skip")
+    recs, skipped = store.load_hf_vlm(path, on_bad_sample="skip")
     assert len(recs) == 1 and skipped[0]["record"] == 1 and reason in skipped[0]["reason"]
 
 
@@ -231,7 +232,7 @@ def test_bad_arguments(media):
 def test_check_sample_limits():
     recs = [{"id": f"r{i}"} for i in range(4)]
     lengths, visual = [10, 50, 10, 10], [5, 5, 90, 5]
-    with pytest.raises(data.DataError, match=r"train.jsonl, index 1: record 'r1': 50 tokens exceed max_length=20"):
+    with pytest.raises(store.DataError, match=r"train.jsonl, index 1: record 'r1': 50 tokens exceed max_length=20"):
         sources.check_sample_limits(recs, lengths, visual, max_length=20, max_visual_tokens=64, source="train.jsonl")
     kept, skipped = sources.check_sample_limits(recs, lengths, visual, max_length=20, max_visual_tokens=64,
                                              on_bad_sample="skip", source="train.jsonl")

@@ -6,18 +6,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fslib import train_cli
+from fslib.training import jobs
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data_dir, student_path, teacher_path,
                                                             pixels):
-    job = train_cli.Job(label="kd", out_dir=str(tmp_path / "one"), student_path=student_path,
+    job = jobs.Job(label="kd", out_dir=str(tmp_path / "one"), student_path=student_path,
                         data_dir=str(small_data_dir), teacher_path=teacher_path, pixels=pixels, max_length=256,
                         batch_size=4, grad_accum=1, epochs=1, lr=2e-3, seed=0)
-    one = train_cli.run(job)
+    one = jobs.run(job)
     # 2 processes x micro-batch 2 = the global batch of 4 above; configs/accelerate/ddp.yaml runs gloo on CPU
-    two = train_cli.launch(job.but(out_dir=str(tmp_path / "two"), batch_size=2), num_processes=2,
+    two = jobs.launch(job.but(out_dir=str(tmp_path / "two"), batch_size=2), num_processes=2,
                            config_file="configs/accelerate/ddp.yaml", timeout=600)
     assert two["settings"]["processes"] == 2 and one["settings"]["processes"] == 1
     assert len(one["steps"]) == len(two["steps"]) == 3  # 12 records / global batch 4

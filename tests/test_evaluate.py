@@ -4,40 +4,42 @@ import numpy as np
 import pytest
 import torch
 
-from fslib import collate, evalplots, evaluate
+from fslib.engine import collate
+from fslib.evaluation import evaluate, metrics
+from fslib.reporting import evalplots
 
 
 def test_normalisation():
-    assert evaluate.normalize("  The Red, cup! ") == "red cup"
-    assert evaluate.normalize("An apple.") == "apple"
-    assert evaluate.normalize("") == "" and evaluate.normalize(None) == ""
+    assert metrics.normalize("  The Red, cup! ") == "red cup"
+    assert metrics.normalize("An apple.") == "apple"
+    assert metrics.normalize("") == "" and metrics.normalize(None) == ""
 
 
 def test_exact_match_uses_aliases():
-    assert evaluate.exact_match("Mobile phone.", ["phone", "mobile phone"]) == 1.0
-    assert evaluate.exact_match("phone case", ["phone"]) == 0.0
+    assert metrics.exact_match("Mobile phone.", ["phone", "mobile phone"]) == 1.0
+    assert metrics.exact_match("phone case", ["phone"]) == 0.0
 
 
 def test_f1_partial_overlap_by_hand():
     # pred "red cup", gold "a red mug" -> normalised "red mug": 1 common token, P = 1/2, R = 1/2, F1 = 0.5
-    assert evaluate.token_f1("red cup", ["a red mug"]) == pytest.approx(0.5)
+    assert metrics.token_f1("red cup", ["a red mug"]) == pytest.approx(0.5)
     # pred "red cup on table" vs "cup": P = 1/4, R = 1, F1 = 2 * 0.25 / 1.25 = 0.4
-    assert evaluate.token_f1("red cup on the table", ["cup"]) == pytest.approx(0.4)
-    assert evaluate.token_f1("red cup", ["a red mug", "red cup"]) == 1.0
+    assert metrics.token_f1("red cup on the table", ["cup"]) == pytest.approx(0.4)
+    assert metrics.token_f1("red cup", ["a red mug", "red cup"]) == 1.0
 
 
 def test_rouge_l_and_bleu_by_hand():
     # LCS("red cup", "red mug") = 1 token: P = R = 1/2, F = 0.5
-    assert evaluate.rouge_l("red cup", ["red mug"]) == pytest.approx(0.5)
+    assert metrics.rouge_l("red cup", ["red mug"]) == pytest.approx(0.5)
     # LCS("blue cup on left", "blue left") = 2: P = 2/4, R = 2/2, F = 2 * 0.5 / 1.5 = 2/3
-    assert evaluate.rouge_l("blue cup on left", ["blue left"]) == pytest.approx(2 / 3)
-    assert evaluate.bleu("The cup.", ["cup"]) == pytest.approx(100.0)  # one word, exact: unigram BLEU 100
-    assert evaluate.bleu("book", ["cup", "mug"]) == 0.0
-    assert 0 < evaluate.bleu("red coffee cup", ["coffee cup"]) < 100
+    assert metrics.rouge_l("blue cup on left", ["blue left"]) == pytest.approx(2 / 3)
+    assert metrics.bleu("The cup.", ["cup"]) == pytest.approx(100.0)  # one word, exact: unigram BLEU 100
+    assert metrics.bleu("book", ["cup", "mug"]) == 0.0
+    assert 0 < metrics.bleu("red coffee cup", ["coffee cup"]) < 100
 
 
 def test_empty_answer_scores_zero_everywhere():
-    for fn in (evaluate.exact_match, evaluate.token_f1, evaluate.rouge_l, evaluate.bleu):
+    for fn in (metrics.exact_match, metrics.token_f1, metrics.rouge_l, metrics.bleu):
         assert fn("", ["cup"]) == 0.0, fn.__name__
 
 
@@ -47,19 +49,19 @@ def test_bootstrap_ci_covers_a_known_bernoulli_mean():
     rng = np.random.default_rng(123)
     hits = 0
     for t in range(trials):
-        lo, hi = evaluate.bootstrap_ci(rng.random(n) < p, n_resamples=1000, seed=t)
+        lo, hi = metrics.bootstrap_ci(rng.random(n) < p, n_resamples=1000, seed=t)
         hits += lo <= p <= hi
     assert 0.91 <= hits / trials <= 0.98
 
 
 def test_bootstrap_ci_is_seeded_and_narrows_with_more_data():
     x = np.r_[np.ones(30), np.zeros(70)]
-    assert evaluate.bootstrap_ci(x, seed=0) == evaluate.bootstrap_ci(x, seed=0)
-    lo, hi = evaluate.bootstrap_ci(x)
-    lo4, hi4 = evaluate.bootstrap_ci(np.tile(x, 4))
+    assert metrics.bootstrap_ci(x, seed=0) == metrics.bootstrap_ci(x, seed=0)
+    lo, hi = metrics.bootstrap_ci(x)
+    lo4, hi4 = metrics.bootstrap_ci(np.tile(x, 4))
     assert lo < 0.3 < hi and hi4 - lo4 < hi - lo
-    assert evaluate.bootstrap_ci([]) is None
-    assert evaluate.bootstrap_ci([1, 1, 1]) == [1.0, 1.0]
+    assert metrics.bootstrap_ci([]) is None
+    assert metrics.bootstrap_ci([1, 1, 1]) == [1.0, 1.0]
 
 
 RECORDS = [{"answer": "cup", "qtype": "held_object", "media": "image"},
@@ -69,7 +71,7 @@ RECORDS = [{"answer": "cup", "qtype": "held_object", "media": "image"},
 
 
 def test_summarise_per_type_media_blind_and_agreement():
-    s = evaluate.summarise(["cup", "two", "right", "red"], RECORDS, blind=["cup", "3", "left", "blue"],
+    s = metrics.summarise(["cup", "two", "right", "red"], RECORDS, blind=["cup", "3", "left", "blue"],
                            teacher=["cup", "2", "left", "green"])
     assert s["n"] == 4 and s["exact_match"] == 0.75 and s["blind_exact_match"] == 0.5
     assert s["agreement_with_teacher"] == 0.25  # "two" vs "2" are different answers, even if both are right
@@ -85,7 +87,7 @@ def test_prior_baseline_answers_the_majority_per_type():
              {"qtype": "colour", "answer": "blue"}, {"qtype": "count", "answer": "2"}]
     evalset = [{"qtype": "colour", "answer": "red"}, {"qtype": "colour", "answer": "blue"},
                {"qtype": "count", "answer": "2", "aliases": ["two"]}]
-    b = evaluate.prior_baseline(train, evalset)
+    b = metrics.prior_baseline(train, evalset)
     assert b["per_type"] == {"colour": 0.5, "count": 1.0} and b["exact_match"] == pytest.approx(2 / 3)
 
 
@@ -130,31 +132,31 @@ def test_metrics_schema_keeps_the_keys_04_reads():
     results = {"teacher": _row("teacher", ["cup", "2", "left", "red"]),
                "student": _row("student", ["cup", "3", "x", "red"]),
                "teacher_int8": _row("teacher_int8", None, variant_of="teacher")}
-    scored = evaluate.score_models(results, records, n_resamples=200)
-    metrics = evaluate.build_metrics(results, scored, split="test", records=records, train=RECORDS, params={"a": 1},
+    scored = metrics.score_models(results, records, n_resamples=200)
+    doc = evaluate.build_metrics(results, scored, split="test", records=records, train=RECORDS, params={"a": 1},
                                      protocol={"summary": "three\nlines\nhere", "new_tokens": 8}, dataset={"type": "x"},
                                      blind_splits=["test"], accuracy_note=None)
     for key in ("split", "n_eval", "params", "dataset", "environment", "protocol", "blind", "accuracy"):
-        assert key in metrics
-    assert metrics["protocol"]["summary"] and metrics["protocol"]["new_tokens"] == 8
-    s = metrics["models"]["student"]
+        assert key in doc
+    assert doc["protocol"]["summary"] and doc["protocol"]["new_tokens"] == 8
+    s = doc["models"]["student"]
     for key in ("params", "params_vision", "params_language", "exact_match", "exact_match_ci", "f1", "rouge_l", "bleu",
                 "blind_exact_match", "ttft_s", "decode_s_per_token", "throughput", "weights_bytes", "peak_bytes",
                 "latency_s", "agreement_with_teacher"):
         assert s[key] is not None, key
     assert s["exact_match"] == 0.5 and s["agreement_with_teacher"] == 0.5
     assert s["throughput"] == {"1": 100.0, "4": 300.0}
-    assert metrics["models"]["teacher_int8"]["exact_match"] is None  # speed-only row: nothing invented
-    assert metrics["models"]["teacher"]["agreement_with_teacher"] is None
+    assert doc["models"]["teacher_int8"]["exact_match"] is None  # speed-only row: nothing invented
+    assert doc["models"]["teacher"]["agreement_with_teacher"] is None
     import json
-    json.dumps(metrics)  # serialisable as is
+    json.dumps(doc)  # serialisable as is
 
     # every figure and table of 03 renders from this document
     for fn in (evalplots.model_table, evalplots.accuracy_table, evalplots.blind_table, evalplots.split_tables,
                evalplots.plot_accuracy_by_type, evalplots.plot_latency, evalplots.plot_memory, evalplots.plot_pareto):
-        assert fn(metrics) is not None
-    metrics["accuracy"] = {"computed": False, "note": "not computed: random weights"}
-    assert "not computed" in evalplots.plot_pareto(metrics)
+        assert fn(doc) is not None
+    doc["accuracy"] = {"computed": False, "note": "not computed: random weights"}
+    assert "not computed" in evalplots.plot_pareto(doc)
 
 
 def test_pareto_front_by_hand():

@@ -1,4 +1,4 @@
-"""Properties of the distillation losses in fslib.kd: values against independent formulas, masking, shifting,
+"""Properties of the distillation losses in fslib.engine.kd: values against independent formulas, masking, shifting,
 vocabulary cuts, dtypes, and the chunked and top-k variants against the full-logit loss."""
 
 import math
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fslib.kd
-from fslib.kd import DIVERGENCES, KDLoss, chunked_kd_loss, kd_loss, topk_kd_loss
+import fslib.engine.kd
+from fslib.engine.kd import DIVERGENCES, KDLoss, chunked_kd_loss, kd_loss, topk_kd_loss
 
 B, L, V = 2, 7, 11
 
@@ -102,7 +102,7 @@ def test_teacher_kl_summed_in_row_blocks(rng, monkeypatch):
     # the constant-teacher KL value is summed a block of rows at a time; blocks must not change it
     s, t, labels = _logits(rng).requires_grad_(True), _logits(rng), _labels(rng)
     whole = kd_loss(s, t, labels, alpha=1.0)
-    monkeypatch.setattr(fslib.kd, "_ROW_BLOCK", 2)
+    monkeypatch.setattr(fslib.engine.kd, "_ROW_BLOCK", 2)
     blocks = kd_loss(s, t, labels, alpha=1.0)
     torch.testing.assert_close(blocks.kd, _ref_kl(s, t, labels, 3.0))
     torch.testing.assert_close(torch.autograd.grad(blocks.loss, [s])[0], torch.autograd.grad(whole.loss, [s])[0])
@@ -361,7 +361,7 @@ def test_topk_with_k_equal_to_vocab_is_kd_loss(rng, divergence):
 def test_topk_with_the_log_partition_is_the_exact_bucketed_divergence(rng, divergence):
     """With logZ_T the teacher's k + 1 buckets are its true probabilities: D equals the divergence of both models'
     full-vocabulary distributions collapsed into those buckets, computed here independently."""
-    from fslib.kd import token_divergence
+    from fslib.engine.kd import token_divergence
 
     T, k = 2.0, 5
     s = _logits(rng).requires_grad_(True)

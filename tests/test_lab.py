@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from fslib import config
+from fslib.core import fsio
 
 TOKEN = "fs-lab-test-token"
 
@@ -58,7 +58,7 @@ def test_make_lab_serves_jupyterlab_with_project_kernel():
     port = _free_port()
     # -o: take the installed venv as current (the test must not reinstall it).
     proc = subprocess.Popen(["make", "-o", ".venv/.installed", "lab", f"LAB_PORT={port}", f"LAB_TOKEN={TOKEN}"],
-                            cwd=config.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=fsio.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
         for _ in range(120):
@@ -73,15 +73,15 @@ def test_make_lab_serves_jupyterlab_with_project_kernel():
         specs = json.loads(_get(f"http://127.0.0.1:{port}/api/kernelspecs")[1])
         spec = specs["kernelspecs"]["python3"]["spec"]
         assert spec["display_name"] == "Python 3 (FirstSight)"
-        assert spec["argv"][0].startswith(str(config.REPO_ROOT / ".venv"))
+        assert spec["argv"][0].startswith(str(fsio.REPO_ROOT / ".venv"))
         # Open notebooks/01_data.ipynb as the UI does: its kernel must run this venv, in the repo root.
         session = json.loads(_get(f"http://127.0.0.1:{port}/api/sessions", "POST",
                                   {"path": "notebooks/01_data.ipynb", "type": "notebook",
                                    "kernel": {"name": "python3"}})[1])
         out = _run_code(port, session["kernel"]["id"], "import os, sys, fslib; print(os.getcwd()); print(sys.prefix)")
         cwd, prefix = out.split()
-        assert os.path.realpath(cwd) == str(config.REPO_ROOT)
-        assert os.path.realpath(prefix) == os.path.realpath(config.REPO_ROOT / ".venv")
+        assert os.path.realpath(cwd) == str(fsio.REPO_ROOT)
+        assert os.path.realpath(prefix) == os.path.realpath(fsio.REPO_ROOT / ".venv")
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)

@@ -1,7 +1,13 @@
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLProcessor,
+)
 
-from fslib import models
+from fslib.engine import models
+from fslib.world import embedded
 
 
 def test_embedded_pair_loads_with_auto_classes(teacher_path, student_path):
@@ -29,8 +35,8 @@ def test_pair_has_the_real_pairs_shape(teacher_path, student_path):
 
 
 def test_build_is_deterministic(tmp_path, student_path, monkeypatch):
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "fresh-cache"))  # a real second build, not a cached copy
-    again = models.resolve_model("embedded:tiny-student", tmp_path)
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "fresh-cache"))  # a real second build, not a cached copy
+    again = embedded.resolve_model("embedded:tiny-student", tmp_path)
     a = models.load_model(student_path).state_dict()
     b = models.load_model(again).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -63,13 +69,13 @@ def test_unknown_embedded_preset_is_named(tmp_path):
     import pytest
 
     with pytest.raises(ValueError, match="valid: embedded:tiny-teacher"):
-        models.resolve_model("embedded:nope", tmp_path)
+        embedded.resolve_model("embedded:nope", tmp_path)
 
 
 def test_changed_preset_rebuilds_the_embedded_model(tmp_path, monkeypatch):
-    first = models.resolve_model("embedded:tiny-student", tmp_path)
+    first = embedded.resolve_model("embedded:tiny-student", tmp_path)
     n_before = models.param_counts(models.load_model(first))["params"]
-    wider = {**models.EMBEDDED_PRESETS["tiny-student"], "ffn": 512}
-    monkeypatch.setitem(models.EMBEDDED_PRESETS, "tiny-student", wider)
-    again = models.resolve_model("embedded:tiny-student", tmp_path)
+    wider = {**embedded.EMBEDDED_PRESETS["tiny-student"], "ffn": 512}
+    monkeypatch.setitem(embedded.EMBEDDED_PRESETS, "tiny-student", wider)
+    again = embedded.resolve_model("embedded:tiny-student", tmp_path)
     assert again == first and models.param_counts(models.load_model(again))["params"] > n_before

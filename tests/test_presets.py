@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fslib import models, presets, synth
+from fslib.engine import models, randominit
+from fslib.world import embedded, synth
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,9 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("preset, total, vocab", [("qwen2-vl-2b", 2_208_985_600, 151_936),
                                                   ("qwen2-vl-7b", 8_291_375_616, 152_064)])
 def test_real_sizes_match_the_published_counts(preset, total, vocab):
-    cfg = presets.config(preset)
-    counts = presets.meta_counts(cfg)
-    assert counts["params"] == total == presets.PRESETS[preset]["params"]
+    cfg = randominit.config(preset)
+    counts = randominit.meta_counts(cfg)
+    assert counts["params"] == total == randominit.PRESETS[preset]["params"]
     assert cfg.get_text_config().vocab_size == vocab
     # The vision tower: 32 blocks of width 1280 and a merger into the text width (675.8M for the 7B).
     assert 665e6 < counts["params_vision"] < 676e6
@@ -30,30 +31,30 @@ def test_2b_ties_its_embeddings_and_7b_does_not():
 
     for preset, tied in (("qwen2-vl-2b", True), ("qwen2-vl-7b", False)):
         with torch.device("meta"):
-            model = Qwen2VLForConditionalGeneration(presets.config(preset))
+            model = Qwen2VLForConditionalGeneration(randominit.config(preset))
         same = model.get_input_embeddings().weight is model.get_output_embeddings().weight
         assert same is tied, preset
 
 
 def test_small_vocab_preset_needs_its_tokenizer_ids():
     with pytest.raises(ValueError, match="ids of its"):
-        presets.config("tiny")
+        randominit.config("tiny")
 
 
 def test_unknown_preset_names_the_valid_ones():
     with pytest.raises(ValueError, match="random-init:qwen2-vl-2b"):
-        presets.preset_of("random-init:qwen2-vl-72b")
+        randominit.preset_of("random-init:qwen2-vl-72b")
 
 
 def test_resolve_writes_a_weightless_folder_that_loads_and_generates(tmp_path, pixels, small_splits):
-    from fslib import collate
+    from fslib.engine import collate
 
-    folder = models.resolve_model("random-init:tiny", tmp_path, corpus_fn=synth.corpus_text)
-    assert presets.is_random_folder(folder) and not list(Path(folder).glob("*.safetensors"))
-    assert json.loads((Path(folder) / presets.MARKER).read_text())["weights"] == "random"
+    folder = embedded.resolve_model("random-init:tiny", tmp_path, corpus_fn=synth.corpus_text)
+    assert randominit.is_random_folder(folder) and not list(Path(folder).glob("*.safetensors"))
+    assert json.loads((Path(folder) / randominit.MARKER).read_text())["weights"] == "random"
     processor = models.load_processor(folder)
-    assert processor.image_processor.size["longest_edge"] == presets.REAL_MAX_PIXELS
-    model = presets.load(folder, dtype="float32")
+    assert processor.image_processor.size["longest_edge"] == randominit.REAL_MAX_PIXELS
+    model = randominit.load(folder, dtype="float32")
     inputs = collate.VQACollator(processor, pixels, train=False)(small_splits["test"][:1])["inputs"]
     out = model.generate(**inputs, min_new_tokens=3, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3

@@ -3,7 +3,8 @@ import json
 
 import torch
 
-from fslib import models, pretrain, synth
+from fslib.engine import models
+from fslib.world import embedded, pretrain, synth
 
 
 def _scene(objects, held=None):
@@ -79,23 +80,23 @@ def test_alignment_keeps_the_vision_tower_frozen(student_path, processor):
 
 def test_build_runs_pretraining_once_per_machine_and_stamps_it(tmp_path, monkeypatch):
     small = {"seed": 0, "vision": {"scenes": 32, "epochs": 1, "lr": 1e-3}, "align": {}}
-    preset = {**models.EMBEDDED_PRESETS["tiny-student"], "pretrain": small}
-    monkeypatch.setitem(models.EMBEDDED_PRESETS, "tiny-student", preset)
-    monkeypatch.setenv(models.PRETRAIN_ENV, "1")
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    preset = {**embedded.EMBEDDED_PRESETS["tiny-student"], "pretrain": small}
+    monkeypatch.setitem(embedded.EMBEDDED_PRESETS, "tiny-student", preset)
+    monkeypatch.setenv(embedded.PRETRAIN_ENV, "1")
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "cache"))
     calls = []
     real = pretrain.pretrain
     monkeypatch.setattr(pretrain, "pretrain", lambda *a, **k: calls.append(1) or real(*a, **k))
-    first = models.resolve_model("embedded:tiny-student", tmp_path / "run1")
-    second = models.resolve_model("embedded:tiny-student", tmp_path / "run2")
+    first = embedded.resolve_model("embedded:tiny-student", tmp_path / "run1")
+    second = embedded.resolve_model("embedded:tiny-student", tmp_path / "run2")
     assert len(calls) == 1  # the second run copied the cached build
     stamp = json.loads((tmp_path / "run2" / "tiny-student" / "firstsight_embedded.json").read_text())
     assert stamp["recipe"]["pretrain"]["vision"] == small["vision"] and "f1" in stamp["pretraining"]["vision"]
     a = models.load_model(first).state_dict()
     b = models.load_model(second).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    monkeypatch.setenv(models.PRETRAIN_ENV, "0")  # a different recipe: rebuilt, without pre-training
-    models.resolve_model("embedded:tiny-student", tmp_path / "run2")
+    monkeypatch.setenv(embedded.PRETRAIN_ENV, "0")  # a different recipe: rebuilt, without pre-training
+    embedded.resolve_model("embedded:tiny-student", tmp_path / "run2")
     stamp = json.loads((tmp_path / "run2" / "tiny-student" / "firstsight_embedded.json").read_text())
     assert stamp["recipe"]["pretrain"] is None and stamp["pretraining"] is None and len(calls) == 1
 

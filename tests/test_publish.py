@@ -8,10 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import FAKE_HF_TOKEN
 from huggingface_hub import ModelCard
 
-from conftest import FAKE_HF_TOKEN
-from fslib import card, config, headline, publish
+from fslib.core import config
+from fslib.evaluation import formatting
+from fslib.publishing import card, hub
 
 
 def fake_metrics(**student) -> dict:
@@ -45,18 +47,18 @@ def assert_card_matches(card_text: str, metrics: dict, model_key: str) -> None:
     assert results, "no eval results in the card"
     for r in results:
         assert r.metric_value == m[r.metric_type], r.metric_type
-    assert {r.metric_type for r in results} == {k for k, _, _ in headline.METRICS if headline.number(m.get(k)) is not None}
+    assert {r.metric_type for r in results} == {k for k, _, _ in formatting.METRICS if formatting.number(m.get(k)) is not None}
     table = card.card_numbers(card_text)
     for name, mm in metrics["models"].items():
-        for key, label, kind in headline.METRICS:
-            if headline.number(mm.get(key)) is None:
+        for key, label, kind in formatting.METRICS:
+            if formatting.number(mm.get(key)) is None:
                 continue
             value = mm[key] / 2**20 if kind == "bytes" else mm[key]
             tol = {"bytes": 0.05, "count": 0.5, "accuracy": 5e-4, "bleu": 5e-3}.get(kind, abs(value) * 1e-3)
             cell = table.get((name, label)) or table[(name, f"{label} [95% CI]")]
             assert _parse(cell) == pytest.approx(value, abs=tol), (name, key)
-    if headline.ci_bounds(m.get("exact_match_ci")):
-        lo, hi = headline.ci_bounds(m["exact_match_ci"])
+    if formatting.ci_bounds(m.get("exact_match_ci")):
+        lo, hi = formatting.ci_bounds(m["exact_match_ci"])
         assert f"[{lo:.3f}, {hi:.3f}]" in table[(model_key, "exact match [95% CI]")]
 
 
@@ -93,7 +95,7 @@ def hub_folder(student_path, tmp_path_factory):
     c = card.build_card(metrics, TRAINED, model_key="student", model_name="unit-student")
     out = tmp_path_factory.mktemp("hub") / "hub"
     # A small shard limit forces several safetensors shards and an index, as a real 2B student gets.
-    return publish.save_hub_folder(student_path, out, c, params=metrics["params"], metrics=metrics,
+    return hub.save_hub_folder(student_path, out, c, params=metrics["params"], metrics=metrics,
                                    max_shard_size="300KB"), metrics
 
 
@@ -102,12 +104,12 @@ def test_hub_folder_is_sharded_complete_and_loads_in_a_fresh_process(hub_folder,
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     shards = set(index["weight_map"].values())
     assert len(shards) > 1 and all((folder / s).exists() for s in shards)
-    assert publish.missing_files(folder) == []
+    assert hub.missing_files(folder) == []
     assert json.loads((folder / "firstsight_metrics.json").read_text()) == metrics
     image = tmp_path / "q.png"
     small_splits["test"][0]["image"].save(image) if small_splits["test"][0].get("image") else \
         next(r for r in small_splits["test"] if r.get("image"))["image"].save(image)
-    answer = publish.validate_folder(folder, image)
+    answer = hub.validate_folder(folder, image)
     assert answer.startswith("ANSWER:")
     assert_card_matches((folder / "README.md").read_text(), metrics, "student")
     assert ModelCard.load(folder / "README.md").data.eval_results
@@ -118,9 +120,9 @@ def test_missing_files_names_a_missing_shard(hub_folder, tmp_path):
     shard = sorted(folder.glob("model-*.safetensors"))[0]
     shard.unlink()
     (folder / "chat_template.jinja").unlink()
-    assert set(publish.missing_files(folder)) == {shard.name, "chat_template.jinja"}
-    with pytest.raises(publish.PushError, match="incomplete"):
-        publish.push(folder, repo_id="me/x", private=True, commit_message="m")
+    assert set(hub.missing_files(folder)) == {shard.name, "chat_template.jinja"}
+    with pytest.raises(hub.PushError, match="incomplete"):
+        hub.push(folder, repo_id="me/x", private=True, commit_message="m")
 
 
 def test_push_without_a_token_fails_clearly_and_keeps_the_folder(hub_folder, monkeypatch, tmp_path):
@@ -128,8 +130,8 @@ def test_push_without_a_token_fails_clearly_and_keeps_the_folder(hub_folder, mon
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # no stored login either
     monkeypatch.setattr("huggingface_hub.utils._auth._get_token_from_google_colab", lambda: None, raising=False)
     before = sorted(p.name for p in hub_folder[0].iterdir())
-    with pytest.raises(publish.PushError, match="HF_TOKEN") as e:
-        publish.push(hub_folder[0], repo_id="me/x", private=True, commit_message="m")
+    with pytest.raises(hub.PushError, match="HF_TOKEN") as e:
+        hub.push(hub_folder[0], repo_id="me/x", private=True, commit_message="m")
     assert "hf auth login" in str(e.value) and "complete" in str(e.value)
     assert sorted(p.name for p in hub_folder[0].iterdir()) == before
 
@@ -137,10 +139,10 @@ def test_push_without_a_token_fails_clearly_and_keeps_the_folder(hub_folder, mon
 def test_push_with_no_network_fails_clearly_without_the_token(hub_folder, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", FAKE_HF_TOKEN)
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    with pytest.raises(publish.PushError, match="could not reach the Hub") as e:
-        publish.push(hub_folder[0], repo_id="me/x", private=True, commit_message="m")
+    with pytest.raises(hub.PushError, match="could not reach the Hub") as e:
+        hub.push(hub_folder[0], repo_id="me/x", private=True, commit_message="m")
     assert FAKE_HF_TOKEN not in str(e.value)
-    assert publish.missing_files(hub_folder[0]) == []
+    assert hub.missing_files(hub_folder[0]) == []
 
 
 def test_push_uploads_every_file_with_upload_folder(hub_folder, monkeypatch):
@@ -150,7 +152,7 @@ def test_push_uploads_every_file_with_upload_folder(hub_folder, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", FAKE_HF_TOKEN)
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)) or "url")
-    assert publish.push(hub_folder[0], repo_id="me/x", private=True, commit_message="msg") == "url"
+    assert hub.push(hub_folder[0], repo_id="me/x", private=True, commit_message="msg") == "url"
     assert calls[0] == ("create", "me/x", {"private": True, "exist_ok": True})
     upload = calls[1][1]
     assert upload["folder_path"] == str(hub_folder[0]) and upload["commit_message"] == "msg"
@@ -159,13 +161,13 @@ def test_push_uploads_every_file_with_upload_folder(hub_folder, monkeypatch):
 
 def test_push_refuses_a_repo_id_without_owner(hub_folder):
     with pytest.raises(ValueError, match="repo_id"):
-        publish.push(hub_folder[0], repo_id="", private=True, commit_message="m")
+        hub.push(hub_folder[0], repo_id="", private=True, commit_message="m")
 
 
 @pytest.mark.parametrize("method", ["nf4", "int8"])
 def test_quantized_export_saves_and_loads(student_path, tmp_path, method):
-    out = publish.export_quantized(student_path, tmp_path / method, method)
-    assert publish.missing_files(out) == ["README.md"]  # the card is added when it is published
+    out = hub.export_quantized(student_path, tmp_path / method, method)
+    assert hub.missing_files(out) == ["README.md"]  # the card is added when it is published
     code = ("import sys; from transformers import AutoModelForImageTextToText as M; "
             "q = M.from_pretrained(sys.argv[1]).config.quantization_config; "
             "print('int8' if q.load_in_8bit else q.bnb_4bit_quant_type if q.load_in_4bit else 'none')")
@@ -176,7 +178,7 @@ def test_quantized_export_saves_and_loads(student_path, tmp_path, method):
 
 def test_quantized_export_refuses_unknown_method(student_path, tmp_path):
     with pytest.raises(ValueError, match="int8"):
-        publish.export_quantized(student_path, tmp_path / "x", "fp8")
+        hub.export_quantized(student_path, tmp_path / "x", "fp8")
 
 
 def test_the_notebook_takes_no_token_parameter():
@@ -191,13 +193,13 @@ def test_measured_variants_are_exported_once_and_redone_after_retraining(student
                                           "dtype": "float32"},
                           "teacher_int8": {"path": "x", "variant_of": "teacher", "quantization": "int8"}}}
     (tmp_path / "run" / "exports" / "old_int4").mkdir(parents=True)
-    (tmp_path / "run" / "exports" / "old_int4" / "config.json").write_text("{}")
-    found, unmeasured = publish.measured_variants(tmp_path / "run", metrics, "student")
+    (tmp_path / "run" / "exports" / "old_int4" / "params.json").write_text("{}")
+    found, unmeasured = hub.measured_variants(tmp_path / "run", metrics, "student")
     assert list(found) == ["student_nf4"] and unmeasured == ["old_int4"]  # only the published model's variants
     weights = found["student_nf4"] / "model.safetensors"
     first = weights.stat().st_mtime_ns
-    publish.measured_variants(tmp_path / "run", metrics, "student")
+    hub.measured_variants(tmp_path / "run", metrics, "student")
     assert weights.stat().st_mtime_ns == first  # reused: saved after the checkpoint
     os.utime(checkpoint / "model.safetensors")  # the student was retrained since
-    publish.measured_variants(tmp_path / "run", metrics, "student")
+    hub.measured_variants(tmp_path / "run", metrics, "student")
     assert (found["student_nf4"] / "model.safetensors").stat().st_mtime_ns > first

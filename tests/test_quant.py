@@ -5,7 +5,8 @@ teacher's 96-wide vision tower is not, so that case is skipped with bitsandbytes
 import pytest
 import torch
 
-from fslib import collate, forward, models, train
+from fslib.engine import collate, losspaths, models
+from fslib.training import loop, sampler
 
 
 def _load_or_skip(path, quantization, batch):
@@ -28,17 +29,17 @@ def test_quantised_teacher_distils_close_to_the_full_precision_one(tmp_path, tea
     teacher = _load_or_skip(teacher_path, quantization, batch)
     assert models.describe(teacher)["quantization"] == "bitsandbytes"
     assert not any(p.requires_grad for p in teacher.parameters())
-    full = forward.batch_loss(models.load_model(student_path), models.load_model(teacher_path, frozen=True), batch,
+    full = losspaths.batch_loss(models.load_model(student_path), models.load_model(teacher_path, frozen=True), batch,
                               temperature=2.0, alpha=0.5, device="cpu")
     for impl in ("full", "chunked")[: 2 if quantization == "nf4" else 1]:  # INT8 on CPU is slow: one pass
-        quant = forward.batch_loss(models.load_model(student_path), teacher, batch, temperature=2.0, alpha=0.5,
+        quant = losspaths.batch_loss(models.load_model(student_path), teacher, batch, temperature=2.0, alpha=0.5,
                                    device="cpu", kd_impl=impl)
         assert torch.isfinite(quant.loss) and quant.kd.item() > 0
         assert quant.ce.item() == pytest.approx(full.ce.item(), rel=1e-5)  # same student
         assert quant.kd.item() == pytest.approx(full.kd.item(), rel=0.5)  # a 4-bit teacher is close, not equal
     # and the training loop accepts it as is (it is not moved: bitsandbytes places its own weights)
-    loaders = [train.make_loader(recs, col, batch_size=2, shuffle=False, seed=0) for recs in (images[:2], images[2:3])]
-    hist = train.train(models.load_model(student_path), teacher, processor, *loaders, out_dir=tmp_path, epochs=1,
+    loaders = [sampler.make_loader(recs, col, batch_size=2, shuffle=False, seed=0) for recs in (images[:2], images[2:3])]
+    hist = loop.train(models.load_model(student_path), teacher, processor, *loaders, out_dir=tmp_path, epochs=1,
                        grad_accum=1, lr=1e-3, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
                        temperature=2.0, alpha=0.5)
     assert all(s["kd"] > 0 for s in hist["steps"])

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from fslib import config, readme
+from fslib.core import config
+from fslib.reporting import readme
 
 TEXT = readme.README.read_text()
 

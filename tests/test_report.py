@@ -5,28 +5,29 @@ import re
 
 import pytest
 
-from fslib import browser, compare, headline, site
+from fslib.evaluation import formatting
+from fslib.reporting import browser, compare, site
 
 
 def test_fmt_and_missing_values():
-    assert headline.fmt("exact_match", 0.5) == "0.500"
-    assert headline.fmt("params", 430208) == "430,208"
-    assert headline.fmt("peak_bytes", 3 * 2**20) == "3.0"
-    assert headline.fmt("exact_match", None) == "—" and headline.fmt("exact_match", {"1": 2.0}) == "—"
-    assert headline.fmt("exact_match", float("nan")) == "—" and headline.fmt("exact_match", True) == "—"
-    assert headline.fmt("exact_match_ci", [0.25, 0.75]) == "[0.250, 0.750]"
-    assert headline.fmt("exact_match_ci", {"low": 0.25, "high": 0.75}) == "[0.250, 0.750]"
+    assert formatting.fmt("exact_match", 0.5) == "0.500"
+    assert formatting.fmt("params", 430208) == "430,208"
+    assert formatting.fmt("peak_bytes", 3 * 2**20) == "3.0"
+    assert formatting.fmt("exact_match", None) == "—" and formatting.fmt("exact_match", {"1": 2.0}) == "—"
+    assert formatting.fmt("exact_match", float("nan")) == "—" and formatting.fmt("exact_match", True) == "—"
+    assert formatting.fmt("exact_match_ci", [0.25, 0.75]) == "[0.250, 0.750]"
+    assert formatting.fmt("exact_match_ci", {"low": 0.25, "high": 0.75}) == "[0.250, 0.750]"
 
 
 def test_headline_rows_skip_what_no_model_measured():
     metrics = {"models": {"teacher": {"role": "teacher", "exact_match": 0.75},
                           "student": {"role": "KD student", "exact_match": 0.5, "exact_match_ci": [0.4, 0.6],
                                       "params": 10}}}
-    header, rows = headline.table_rows(metrics)
+    header, rows = formatting.table_rows(metrics)
     assert header == ["model", "role", "exact match [95% CI]", "parameters"]
     assert rows == [["teacher", "teacher", "0.750", "—"], ["student", "KD student", "0.500 [0.400, 0.600]", "10"]]
-    assert "0.500" in headline.summary_line(metrics, "r") and "5.0×" not in headline.summary_line(metrics, "r")
-    assert "no accuracy" in headline.summary_line({"models": {}}, "r")
+    assert "0.500" in formatting.summary_line(metrics, "r") and "5.0×" not in formatting.summary_line(metrics, "r")
+    assert "no accuracy" in formatting.summary_line({"models": {}}, "r")
 
 
 def test_remote_refs_finds_fetches_but_not_links():
@@ -58,8 +59,8 @@ def test_runs_index_lists_every_run_with_its_headline(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert '<a href="e2e/index.html">e2e</a>' in index and site.remote_refs(index) == []
     student = metrics["models"]["student"]
-    assert headline.fmt("exact_match", student["exact_match"]) in index
-    assert headline.fmt("params", student["params"]) in index
+    assert formatting.fmt("exact_match", student["exact_match"]) in index
+    assert formatting.fmt("params", student["params"]) in index
 
 
 @pytest.mark.skipif(browser.find_chromium() is None,

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fslib import checkpoint, train_cli
+from fslib.core import fsio
+from fslib.training import checkpoint, jobs
 
 # Runs one job; with a step number, the process SIGKILLs itself just before that optimizer step (so it dies in the
 # middle of an epoch, after the last checkpoint, with work done since that is lost).
@@ -18,23 +19,24 @@ WORKER = """
 import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
-from fslib import train, train_cli
+from fslib.training import loop
+from fslib.training import jobs
 kill_at = int(sys.argv[2])
 if kill_at:
-    real = train._optimizer_step
+    real = loop._optimizer_step
     def step(run, group):
         if run.step + 1 == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(run, group)
-    train._optimizer_step = step
-train_cli.run(json.loads(open(sys.argv[1]).read()))
+    loop._optimizer_step = step
+jobs.run(json.loads(open(sys.argv[1]).read()))
 """
 
 
 @pytest.fixture()
 def job(tmp_path, small_data_dir, student_path, teacher_path, pixels):
     # 12 train records, micro-batch 2, accumulation 2: 3 optimizer steps per epoch, 6 in all; a checkpoint every 2
-    return train_cli.Job(label="kd", out_dir="", student_path=student_path, data_dir=str(small_data_dir),
+    return jobs.Job(label="kd", out_dir="", student_path=student_path, data_dir=str(small_data_dir),
                          teacher_path=teacher_path, pixels=pixels, max_length=256, batch_size=2, grad_accum=2,
                          epochs=2, lr=2e-3, save_every=2, seed=0, freeze_vision=True)  # both towers memoised
 
@@ -90,14 +92,14 @@ def test_resume_refuses_other_settings(tmp_path, job):
 def test_swap_in_is_atomic_and_recovers(tmp_path):
     out = tmp_path / "best"
     for version in ("v1", "v2"):
-        tmp = checkpoint.fresh_tmp(out)
+        tmp = fsio.fresh_tmp(out)
         tmp.mkdir()
         (tmp / "w").write_text(version)
-        checkpoint.swap_in(tmp, out)
+        fsio.replace_dir(tmp, out)
     assert (out / "w").read_text() == "v2" and not (tmp_path / "best.old").exists()
     out.rename(tmp_path / "best.old")  # a crash between the two renames of swap_in
     (tmp_path / "best.tmp").mkdir()  # and a half-written next version
-    checkpoint.recover(out)
+    fsio.recover(out)
     assert (out / "w").read_text() == "v2" and not (tmp_path / "best.tmp").exists()
 
 
@@ -109,7 +111,7 @@ def test_notebook_02_with_resume_true_reuses_finished_trainings(tiny_run, tmp_pa
     import papermill as pm
     from conftest import TINY_RUN
 
-    from fslib import config
+    from fslib.core import config
 
     run = tmp_path / "e2e"
     shutil.copytree(tiny_run, run)

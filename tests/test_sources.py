@@ -5,7 +5,8 @@ import datasets
 import pytest
 from PIL import Image
 
-from fslib import config, data, sources
+from fslib.core import config
+from fslib.data import sources, store
 
 
 def _jsonl(folder, n=20, bad_line=None, unlabelled=0):
@@ -33,7 +34,7 @@ def test_a_file_without_splits_is_split_by_fraction_and_unlabelled_records_train
 
 def test_a_bad_record_stops_with_file_and_line_or_is_skipped_and_listed(tmp_path):
     path = _jsonl(tmp_path, bad_line=5)
-    with pytest.raises(data.DataError, match=r"mine\.jsonl, line 5: .*missing\.png"):
+    with pytest.raises(store.DataError, match=r"mine\.jsonl, line 5: .*missing\.png"):
         sources.load_splits(str(path))
     splits, skipped = sources.load_splits(str(path), on_bad_sample="skip")
     assert sum(len(v) for v in splits.values()) == 19
@@ -61,7 +62,7 @@ def test_limits_name_the_source_split_and_record():
     splits = {"train": [{"id": "a"}, {"id": "b"}], "val": [{"id": "c"}]}
     tokens = {"train": {"text_tokens": [10, 30], "visual_tokens": [4, 4]}, "val": {"text_tokens": [5],
                                                                                "visual_tokens": [64]}}
-    with pytest.raises(data.DataError, match=r"mine\.jsonl \[train\], index 1: record 'b': 34 tokens"):
+    with pytest.raises(store.DataError, match=r"mine\.jsonl \[train\], index 1: record 'b': 34 tokens"):
         sources.check_limits(splits, tokens, max_length=20, max_visual_tokens=0, on_bad_sample="error",
                              source="mine.jsonl")
     kept, kept_tokens, skipped = sources.check_limits(splits, tokens, max_length=20, max_visual_tokens=16,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fslib import synth
+from fslib.engine import collate
+from fslib.world import synth
 
 SEED = 0
 SMALL = dict(n_train=8, n_val=4, n_test=4, n_ood=4)
@@ -159,9 +160,9 @@ def test_corpus_covers_every_emitted_text(built):
 
 def test_blank_media_is_uniform_grey_and_copies(built):
     for r in (built["train"][0], next(r for r in built["train"] if r["media"] == "video")):
-        blank = synth.blank_media(r)
+        blank = collate.blank_media(r)
         for orig, b in zip(_frames(r), _frames(blank), strict=True):
-            assert b.size == orig.size and (np.asarray(b) == synth.BLANK_GREY).all()
+            assert b.size == orig.size and (np.asarray(b) == collate.BLANK_GREY).all()
             assert np.asarray(orig).std() > 0  # the original is left as it was
         assert blank["question"] == r["question"] and blank["answer"] == r["answer"]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import papermill as pm
 import pytest
-
 from conftest import FAKE_HF_TOKEN
-from fslib import config
+
+from fslib.core import config, fsio
 
 
 def files_containing(root: Path, needle: str) -> list[str]:
@@ -69,7 +69,7 @@ def test_mocked_push_uploads_every_file_and_leaks_no_token(tiny_run, tmp_path, m
     monkeypatch.setenv("FS_MOCK_HUB_LOG", str(log))
     out_nb = run / "notebooks" / "04_publish.ipynb"
     pm.execute_notebook(str(config.notebook_path("04_publish")), str(out_nb), kernel_name="python3",
-                        progress_bar=False, cwd=str(config.REPO_ROOT),
+                        progress_bar=False, cwd=str(fsio.REPO_ROOT),
                         parameters={"run_name": "pushrun", "reports_dir": str(reports), "push": True,
                                     "repo_id": "someone/firstsight-test", "commit_message": "test upload"})
     calls = [json.loads(line) for line in log.read_text().splitlines()]

@@ -4,14 +4,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fslib import checkpoint, collate, forward, models, train
+from fslib.engine import collate, losspaths, models
+from fslib.training import checkpoint, loop, sampler
 
 
 @pytest.fixture()
 def loaders(processor, pixels, small_splits):
     col = collate.VQACollator(processor, pixels)
-    tl = train.make_loader(small_splits["train"][:10], col, batch_size=2, shuffle=True, seed=0)
-    vl = train.make_loader(small_splits["val"], col, batch_size=2, shuffle=False, seed=0)
+    tl = sampler.make_loader(small_splits["train"][:10], col, batch_size=2, shuffle=True, seed=0)
+    vl = sampler.make_loader(small_splits["val"], col, batch_size=2, shuffle=False, seed=0)
     return tl, vl
 
 
@@ -20,7 +21,7 @@ def _run(student_path, teacher, processor, loaders, out, **kw):
     args = dict(out_dir=out, epochs=2, grad_accum=2, lr=1e-3, warmup_ratio=0.1, weight_decay=0.0, max_grad_norm=1.0,
                 temperature=3.0, alpha=0.7 if teacher is not None else 0.0)
     args.update(kw)
-    return student, train.train(student, teacher, processor, *loaders, **args)
+    return student, loop.train(student, teacher, processor, *loaders, **args)
 
 
 def test_kd_training_saves_best_final_and_history(tmp_path, student_path, teacher_path, processor, loaders):
@@ -43,15 +44,15 @@ def test_kd_training_saves_best_final_and_history(tmp_path, student_path, teache
 
 
 def test_leftover_micro_batches_do_not_spill(loaders):
-    groups = list(train._groups(loaders[0], 2))
+    groups = list(loop._groups(loaders[0], 2))
     assert [len(g) for g in groups] == [2, 2, 1]
-    groups = list(train._groups(loaders[0], 4))
+    groups = list(loop._groups(loaders[0], 4))
     assert [len(g) for g in groups] == [4, 1]
 
 
 def test_data_order_is_per_epoch_resumable_and_shards_global_batches():
     def batches(epoch, skip=0, rank=0, world=1, batch=2):
-        s = train.EpochBatchSampler(11, batch, shuffle=True, seed=5)
+        s = sampler.EpochBatchSampler(11, batch, shuffle=True, seed=5)
         s.shard(rank, world)
         s.set_epoch(epoch, skip)
         return list(s)
@@ -67,18 +68,18 @@ def test_data_order_is_per_epoch_resumable_and_shards_global_batches():
 
 def test_an_epoch_can_be_a_window_so_extra_data_adds_no_steps():
     def epoch(e, skip=0):
-        s = train.EpochBatchSampler(12, 2, shuffle=True, seed=7, samples_per_epoch=5)
+        s = sampler.EpochBatchSampler(12, 2, shuffle=True, seed=7, samples_per_epoch=5)
         s.set_epoch(e, skip)
         return [i for b in s for i in b]
 
     windows = [epoch(e) for e in range(1, 13)]
     assert all(len(w) == 5 for w in windows)  # 3 batches (2, 2, 1) per epoch, as for 5 records
-    assert len(train.EpochBatchSampler(12, 2, shuffle=True, seed=7, samples_per_epoch=5)) == 3
+    assert len(sampler.EpochBatchSampler(12, 2, shuffle=True, seed=7, samples_per_epoch=5)) == 3
     stream = [i for w in windows for i in w]  # 12 epochs of 5 = 5 full passes over the 12 records
     for c in range(5):
         assert sorted(stream[12 * c:12 * (c + 1)]) == list(range(12))
     assert epoch(4) == epoch(4) and epoch(4, skip=1) == epoch(4)[2:]
-    assert train.EpochBatchSampler(12, 2, shuffle=True, seed=7, samples_per_epoch=50).per_epoch == 12
+    assert sampler.EpochBatchSampler(12, 2, shuffle=True, seed=7, samples_per_epoch=50).per_epoch == 12
 
 
 def test_accumulation_equals_one_big_batch(student_path, processor, pixels, small_splits):
@@ -93,7 +94,7 @@ def test_accumulation_equals_one_big_batch(student_path, processor, pixels, smal
         for group in groups:
             total = sum(int((b["labels"][:, 1:] != -100).sum()) for b in group)
             for b in group:
-                out = train.batch_loss(model, None, b, temperature=1.0, alpha=0.0, device="cpu")
+                out = loop.batch_loss(model, None, b, temperature=1.0, alpha=0.0, device="cpu")
                 (out.loss * out.n_tokens / total).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
@@ -101,7 +102,7 @@ def test_accumulation_equals_one_big_batch(student_path, processor, pixels, smal
 
 def _grads(model, teacher, batch, **kw):
     model.zero_grad()
-    out = forward.batch_loss(model, teacher, batch, temperature=2.0, alpha=0.6, device="cpu", **kw)
+    out = losspaths.batch_loss(model, teacher, batch, temperature=2.0, alpha=0.6, device="cpu", **kw)
     out.loss.backward()
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -138,7 +139,7 @@ def test_chunked_ce_only_equals_full(student_path, processor, pixels, small_spli
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, student_path, processor, loaders,
                                                                         monkeypatch):
-    real, calls = train.batch_loss, {"n": 0}
+    real, calls = loop.batch_loss, {"n": 0}
 
     def poisoned(*a, **k):  # micro-batches 1-4 are fine (optimizer steps 1 and 2); the fifth is NaN
         out = real(*a, **k)
@@ -147,7 +148,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(train, "batch_loss", poisoned)
+    monkeypatch.setattr(loop, "batch_loss", poisoned)
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3.*checkpoint \(step 2\)"):
         _run(student_path, None, processor, loaders, tmp_path, epochs=2, save_every=1)
     state = checkpoint.read_resume(tmp_path)
@@ -161,7 +162,7 @@ def test_out_of_memory_names_the_params_to_change(tmp_path, student_path, proces
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(train, "batch_loss", oom)
+    monkeypatch.setattr(loop, "batch_loss", oom)
     with pytest.raises(torch.OutOfMemoryError) as err:
         _run(student_path, None, processor, loaders, tmp_path, epochs=1)
     for param in ("batch_size", "grad_accum", "kd_chunk_size", "teacher_quantization", "gradient_checkpointing"):
@@ -170,18 +171,18 @@ def test_out_of_memory_names_the_params_to_change(tmp_path, student_path, proces
 
 def test_onpolicy_batch_trains_on_the_students_samples(tmp_path, student_path, teacher_path, processor, pixels,
                                                        small_splits):
-    from fslib import seqkd
+    from fslib.training import onpolicy
 
     col = collate.VQACollator(processor, pixels)
     student = models.load_model(student_path)
-    batch = train.make_loader(small_splits["train"][:2], col, batch_size=2, shuffle=False, seed=0).__iter__().__next__()
+    batch = sampler.make_loader(small_splits["train"][:2], col, batch_size=2, shuffle=False, seed=0).__iter__().__next__()
     torch.manual_seed(1)
-    sampled = seqkd.onpolicy_batch(student, batch, col, max_new_tokens=4, temperature=1.0, device="cpu")
+    sampled = onpolicy.onpolicy_batch(student, batch, col, max_new_tokens=4, temperature=1.0, device="cpu")
     assert [r["question"] for r in sampled["records"]] == [r["question"] for r in batch["records"]]
     assert [r["answer"] for r in sampled["records"]] != [r["answer"] for r in batch["records"]]
     # lambda 1: every micro-batch is the student's own; KD only, so the loss equals alpha-free T^2 * KD
-    loaders = [train.make_loader(small_splits[s][:4], col, batch_size=2, shuffle=False, seed=0) for s in ("train", "val")]
-    hist = train.train(student, models.load_model(teacher_path, frozen=True), processor, *loaders, out_dir=tmp_path,
+    loaders = [sampler.make_loader(small_splits[s][:4], col, batch_size=2, shuffle=False, seed=0) for s in ("train", "val")]
+    hist = loop.train(student, models.load_model(teacher_path, frozen=True), processor, *loaders, out_dir=tmp_path,
                        epochs=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
                        temperature=2.0, alpha=0.5,
                        onpolicy={"lambda": 1.0, "max_new_tokens": 4, "temperature": 1.0, "collator": col})
@@ -198,7 +199,7 @@ def test_full_path_projects_only_answer_positions_and_equals_kd_loss_on_every_po
         student_path, teacher_path, processor, pixels, small_splits, with_teacher):
     """kd_impl full: the lm_heads see the N answer positions only (no (B, L, V) logits), and the loss and gradients
     are those of ``kd.kd_loss`` on both models' logits at every position (the prompt masked there)."""
-    from fslib import kd
+    from fslib.engine import kd
 
     teacher = models.load_model(teacher_path, frozen=True) if with_teacher else None
     student = models.load_model(student_path)

@@ -1,9 +1,10 @@
-"""fslib.visionmemo: a frozen tower's features reused across epochs, the same logits, never reused when unsafe."""
+"""fslib.engine.visionmemo: a frozen tower's features reused across epochs, the same logits, never reused when unsafe."""
 
 import pytest
 import torch
 
-from fslib import collate, models, student, train, visionmemo
+from fslib.engine import adapters, collate, models, visionmemo
+from fslib.training import loop, sampler
 
 
 @pytest.fixture()
@@ -21,9 +22,9 @@ def _tower_calls(model) -> list:
 
 def test_second_pass_reuses_the_tower_output_and_logits_are_identical(student_path, batches):
     assert any("pixel_values_videos" in b["inputs"] for b in batches)  # both paths: images and clips
-    ref = student.prepare(models.load_model(student_path), freeze_vision=True)
+    ref = adapters.prepare(models.load_model(student_path), freeze_vision=True)
     expected = [ref(**b["inputs"]).logits for b in batches]
-    model = student.prepare(models.load_model(student_path), freeze_vision=True)
+    model = adapters.prepare(models.load_model(student_path), freeze_vision=True)
     memo = visionmemo.install(model, 2**30)
     calls = _tower_calls(model)
     for _ in range(2):  # epoch 1 computes, epoch 2 reuses
@@ -55,7 +56,7 @@ def test_a_changed_image_is_a_miss(student_path, batches):
 
 
 def test_never_reused_while_the_tower_trains(student_path, batches):
-    model = student.prepare(models.load_model(student_path), freeze_vision=False)
+    model = adapters.prepare(models.load_model(student_path), freeze_vision=False)
     memo = visionmemo.install(model, 2**30)
     calls = _tower_calls(model)
     for _ in range(2):
@@ -79,11 +80,11 @@ def test_training_with_and_without_the_memo_ends_with_identical_weights(tmp_path
     finals = {}
     for gb in (0.0, 1.0):
         torch.manual_seed(0)
-        model = student.prepare(models.load_model(student_path), freeze_vision=True)
+        model = adapters.prepare(models.load_model(student_path), freeze_vision=True)
         teacher = models.load_model(teacher_path, frozen=True)
-        loader = train.make_loader(small_splits["train"], col, batch_size=4, shuffle=True, seed=0)
-        val = train.make_loader(small_splits["val"], col, batch_size=4, shuffle=False, seed=0)
-        history = train.train(model, teacher, processor, loader, val, out_dir=tmp_path / f"gb{gb}", epochs=2,
+        loader = sampler.make_loader(small_splits["train"], col, batch_size=4, shuffle=True, seed=0)
+        val = sampler.make_loader(small_splits["val"], col, batch_size=4, shuffle=False, seed=0)
+        history = loop.train(model, teacher, processor, loader, val, out_dir=tmp_path / f"gb{gb}", epochs=2,
                               grad_accum=1, lr=2e-3, warmup_ratio=0.1, weight_decay=0.0, max_grad_norm=1.0,
                               temperature=2.0, alpha=0.5, vision_memo_gb=gb)
         finals[gb] = {k: v.clone() for k, v in model.state_dict().items()}

@@ -1,0 +1,1 @@
+"""Datasets on disk, user formats, sources and summaries."""

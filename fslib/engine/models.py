@@ -1,0 +1,95 @@
+"""Model and processor loading, as for ``Qwen/Qwen2-VL-7B-Instruct``: the Auto classes and ``from_pretrained``.
+
+Every stage loads every model through here, the embedded tiny pair included (``fslib.world.embedded`` only decides
+where its folder comes from), so the embedded default takes the code paths of the real checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Qwen2-VL's special tokens, in the order the real tokenizer appends them after its BPE vocabulary.
+QWEN2VL_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+
+# Qwen2-VL-Instruct's chat template, verbatim from the released tokenizer_config.json.
+QWEN2VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
+    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def quantization_config(quantization: str, compute_dtype: torch.dtype):
+    """bitsandbytes settings for ``none | int8 | nf4``."""
+    if quantization in ("none", "", None):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    raise ValueError(f"quantization {quantization!r} is not one of: none, int8, nf4")
+
+
+def load_model(path: str, *, dtype: str = "float32", quantization: str = "none", device_map: str | None = None,
+               trust_remote_code: bool = False, frozen: bool = False):
+    """Load any Qwen2-VL checkpoint (hub id or folder) with ``AutoModelForImageTextToText``; safetensors only.
+
+    ``frozen=True`` is how the teacher is loaded: eval mode, no gradients, so no optimizer state is ever built.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of: {', '.join(_DTYPES)}")
+    torch_dtype = _DTYPES[dtype]
+    qconf = quantization_config(quantization, torch.float32 if torch_dtype == "auto" else torch_dtype)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=torch_dtype, quantization_config=qconf, device_map=device_map,
+        trust_remote_code=trust_remote_code, use_safetensors=True)
+    if frozen:
+        model.eval()
+        model.requires_grad_(False)
+    return model
+
+
+def load_processor(path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not hasattr(processor, "image_processor"):
+        raise RuntimeError(f"AutoProcessor for {path} returned {type(processor).__name__}, not a Qwen2-VL processor; "
+                           "is torchvision installed (needed by Qwen2VLVideoProcessor)?")
+    return processor
+
+
+def param_counts(model) -> dict:
+    """Total, vision-tower and language-model parameter counts (``sum(p.numel())``, as the model cards count)."""
+    total = sum(p.numel() for p in model.parameters())
+    inner = getattr(model, "model", model)
+    visual = getattr(inner, "visual", None)
+    vision = sum(p.numel() for p in visual.parameters()) if visual is not None else 0
+    return {"params": total, "params_vision": vision, "params_language": total - vision}
+
+
+def describe(model) -> dict:
+    """A one-line summary for the notebooks: sizes, vocab, dtype, quantisation."""
+    text = model.config.get_text_config()
+    q = getattr(model.config, "quantization_config", None)
+    return {**param_counts(model), "hidden_size": text.hidden_size, "layers": text.num_hidden_layers,
+            "vocab_size": text.vocab_size, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "quantization": (q.to_dict().get("quant_method") if hasattr(q, "to_dict") else q) or "none"}

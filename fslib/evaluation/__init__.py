@@ -1,0 +1,1 @@
+"""Metrics, speed and memory, process isolation, metric formatting."""

@@ -1,0 +1,1 @@
+"""Figures, the HTML site, run comparison, README blocks, the browser check."""

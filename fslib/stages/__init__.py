@@ -1,0 +1,1 @@
+"""One module per notebook (the decisions each stage makes), and the pipeline that runs them."""

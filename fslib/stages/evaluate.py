@@ -1,0 +1,37 @@
+"""03_evaluate's decisions: which models are evaluated, whether accuracy means anything, where the data came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fslib.core import fsio
+from fslib.engine import randominit
+from fslib.world.embedded import resolve_model
+
+
+def models_to_evaluate(out_dir, eval_models: dict, *, embedded_root) -> tuple[dict, dict | None]:
+    """The models of 02's ``training.json``, or, when ``eval_models`` is given, ``{name: model}`` (hub id, folder,
+    ``embedded:`` or ``random-init:``); returns ``({name: {path, role}}, training.json or None)``."""
+    if not eval_models:
+        trained = fsio.read_json(Path(out_dir) / "training.json")
+        return trained["models"], trained
+    models = {}
+    for name, model in eval_models.items():
+        role = f"{name}: {model}, random weights" if randominit.is_random_init(model) else f"{name}: {model}"
+        models[name] = {"path": resolve_model(model, embedded_root), "role": role}
+    return models, None
+
+
+def accuracy_note(models: dict) -> str | None:
+    """Why accuracy is not computed (a random-weight model's answers mean nothing), or None when it is."""
+    random = [n for n, m in models.items() if randominit.is_random_folder(m["path"])]
+    return (f"{', '.join(random)} have random weights (real-size shapes, for speed and memory only): their answers "
+            "would mean nothing" if random else None)
+
+
+def provenance(out_dir, trained: dict | None, own_params: dict) -> tuple[dict, dict]:
+    """The resolved params of every stage so far (01, 02, 03) and a description of the data."""
+    stats = fsio.read_json(Path(out_dir) / "data_stats.json")
+    params = {**stats.get("params", {}), **(trained or {}).get("params", {}), **own_params}
+    embedded = (trained or {}).get("embedded", True)
+    return params, {"type": "synthetic" if embedded else "user", "name": "FirstSight egocentric VQA"}

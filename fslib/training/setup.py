@@ -1,0 +1,218 @@
+"""Everything ``fslib.training.loop`` needs before its first step: the accelerator and engine checks, the optimizer and
+schedule, the frozen teacher's placement, the data sharding, and the resume state."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fslib.core import fsio
+from fslib.engine import adapters
+from fslib.engine.labels import counted
+from fslib.training import checkpoint
+
+OOM_HINT = ("Out of memory. Change, in this order: kd_impl to chunked (and lower kd_chunk_size), batch_size (raising "
+            "grad_accum keeps the effective batch), gradient_checkpointing to True, teacher_quantization to int8 or "
+            "nf4 (or teacher_cache to True, which needs no teacher in memory), student_lora to True, max_length or "
+            "the pixel bounds.")
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
+
+
+@dataclass
+class Run:
+    """The state of one training run, shared by the loop's helpers."""
+
+    acc: object
+    student: object
+    teacher: object
+    cache: object
+    processor: object
+    opt: object
+    sched: object
+    train_loader: object
+    val_loader: object
+    out_dir: Path
+    spec: object
+    label: str
+    epochs: int
+    grad_accum: int
+    max_grad_norm: float
+    save_every: int
+    onpolicy: dict | None
+    seed: int
+    settings: dict
+    steps_per_epoch: int
+    history: dict = field(default_factory=dict)
+    epoch: int = 1  # the epoch to run next
+    position: int = 0  # optimizer steps of that epoch already done
+    step: int = 0
+    best: float = math.inf
+    done: bool = False
+    last_checkpoint: str = "none yet"
+    memos: dict = field(default_factory=dict)  # fslib.engine.visionmemo per model ("student", "teacher")
+
+    def loss_kwargs(self, alpha: float | None = None) -> dict:
+        s = self.spec
+        return dict(temperature=s.temperature, alpha=s.alpha if alpha is None else alpha, divergence=s.divergence,
+                    beta=s.beta, kd_impl=s.impl, kd_chunk_size=s.chunk_size)
+
+
+def answer_tokens(batch: dict) -> int:
+    return int(counted(batch["labels"]).sum())
+
+
+def peak_memory() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def teacher_in_eval(teacher) -> None:
+    if teacher is not None:
+        teacher.eval()  # the teacher never trains: no dropout, whatever the caller did to it
+
+
+def accelerator(out_dir: Path, report_to: str):
+    """bf16 autocast only where a GPU is present; on CPU everything runs in fp32. Trackers log into ``out_dir``."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    if report_to not in TRACKERS:
+        raise ValueError(f"report_to {report_to!r} is not one of: {', '.join(TRACKERS)}")
+    if report_to != "none":
+        import importlib.util
+
+        module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}[report_to]
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(f"report_to={report_to!r} needs the {module} package: pip install {module}")
+    gpu = torch.cuda.is_available()
+    # cpu=True where there is no GPU: launched processes then form a gloo group (accelerate's MULTI_CPU); without it,
+    # each launched process would silently train alone on its own data.
+    # The schedule counts global optimizer steps: accelerate's default would step it once per process per step.
+    return Accelerator(cpu=not gpu, mixed_precision="bf16" if gpu else "no", step_scheduler_with_optimizer=False,
+                       log_with=None if report_to == "none" else report_to,
+                       project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
+
+
+def _sharded(acc) -> bool:
+    """Whether the engine shards the student's weights across processes (FSDP, DeepSpeed ZeRO-3)."""
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.FSDP or (
+        acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3)
+
+
+def _check_engine(acc, spec, cache, onpolicy) -> None:
+    """Refuse combinations an engine cannot run, before any work."""
+    sharded = _sharded(acc)
+    if sharded and spec.impl == "chunked":
+        raise ValueError("kd_impl chunked reads the student's whole lm_head weight, which FSDP and ZeRO-3 shard; use "
+                         "kd_impl full there (or DDP / ZeRO-2), or teacher_cache, which needs no teacher logits")
+    if onpolicy and onpolicy.get("lambda", 0) > 0:
+        if cache is not None:
+            raise ValueError("on-policy mixing needs a live teacher to score the student's samples; set "
+                             "teacher_cache to False or onpolicy_lambda to 0")
+        if sharded:
+            raise ValueError("on-policy sampling generates with the whole student; not under FSDP / ZeRO-3")
+
+
+def _optimizer(model, *, lr, weight_decay, warmup_ratio, total_steps):
+    from transformers import get_cosine_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]  # never the teacher's, never frozen towers
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return opt, get_cosine_schedule_with_warmup(opt, int(warmup_ratio * total_steps), total_steps)
+
+
+def _prepare(acc, student, *, batch_size: int, max_grad_norm: float, **opt_kw):
+    """Wrap the student for the engine. DeepSpeed takes model and optimizer together; FSDP wants the model wrapped
+    before the optimizer sees its parameters."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        ds = acc.state.deepspeed_plugin.deepspeed_config
+        # No dataloader goes through prepare (the sampler shards), so DeepSpeed's "auto" batch sizes are filled here.
+        # Accumulation is ours (token-weighted, boundaries set per step), so DeepSpeed's own count stays 1.
+        ds.update(train_micro_batch_size_per_gpu=batch_size, gradient_accumulation_steps=1,
+                  gradient_clipping=max_grad_norm)
+        ds.pop("train_batch_size", None)
+        opt, sched = _optimizer(student, **opt_kw)
+        return acc.prepare(student, opt, sched)
+    student = acc.prepare(student)
+    opt, sched = _optimizer(student, **opt_kw)
+    opt, sched = acc.prepare(opt, sched)
+    return student, opt, sched
+
+
+def _install_memos(acc, student, teacher, vision_memo_gb: float) -> dict:
+    """Reuse of frozen vision towers' features (``fslib.engine.visionmemo``): the teacher's always (a full frozen copy per
+    process), the student's unless the engine shards its weights (a skipped forward would stall the all-gathers)."""
+    from fslib.engine import visionmemo
+
+    limit = int(vision_memo_gb * 2**30)
+    models = {"teacher": teacher} | ({} if _sharded(acc) else {"student": student})
+    memos = {name: visionmemo.install(m, limit) for name, m in models.items() if m is not None}
+    return {name: memo for name, memo in memos.items() if memo is not None}
+
+
+def _place_teacher(teacher, device) -> None:
+    """The teacher is never passed to ``prepare``: no wrapper, no optimizer, one full copy per process (it only runs
+    forward, so it needs no gradient sync). A quantised or device_map'ed teacher stays where loading put it."""
+    if teacher is None:
+        return
+    if any(p.requires_grad for p in teacher.parameters()):
+        raise ValueError("the teacher must be frozen: load it with models.load_model(..., frozen=True)")
+    if not (getattr(teacher, "is_quantized", False) or getattr(teacher, "hf_device_map", None)):
+        teacher.to(device)
+
+
+def setup(student, teacher, processor, train_loader, val_loader, *, out_dir: Path, epochs, grad_accum, lr,
+          warmup_ratio, weight_decay, max_grad_norm, spec, cache, save_every, resume, report_to, onpolicy, label,
+          seed, settings, gradient_checkpointing, vision_memo_gb: float = 0.0) -> Run:
+    acc = accelerator(out_dir, report_to)
+    _check_engine(acc, spec, cache, onpolicy)
+    if gradient_checkpointing and not adapters.is_checkpointing(student):
+        adapters.enable_checkpointing(student)
+    for loader in (train_loader, val_loader):
+        loader.batch_sampler.shard(acc.process_index, acc.num_processes)
+    steps_per_epoch = math.ceil(len(train_loader) / grad_accum)
+    student, opt, sched = _prepare(acc, student, batch_size=train_loader.batch_sampler.batch_size,
+                                   max_grad_norm=max_grad_norm, lr=lr, weight_decay=weight_decay,
+                                   warmup_ratio=warmup_ratio, total_steps=epochs * steps_per_epoch)
+    _place_teacher(teacher, acc.device)
+    settings = {**settings, "label": label, "epochs": epochs, "grad_accum": grad_accum, "lr": lr,
+                "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
+                "loss": vars(spec), "cached": cache is not None, "onpolicy": {k: v for k, v in (onpolicy or {}).items()
+                                                                              if k != "collator"},
+                "n_train": len(train_loader.dataset), "batch_size": train_loader.batch_sampler.batch_size,
+                "processes": acc.num_processes, "engine": acc.distributed_type.value, "seed": seed}
+    run = Run(acc, student, teacher, cache, processor, opt, sched, train_loader, val_loader, out_dir, spec, label,
+              epochs, grad_accum, max_grad_norm, save_every, onpolicy, seed, settings, steps_per_epoch,
+              history={"label": label, "steps": [], "epochs": [], "best_val_loss": None, "settings": settings})
+    _restore(run, resume)
+    if report_to != "none":
+        acc.init_trackers(label, config={k: str(v) for k, v in settings.items()})
+    run.memos = _install_memos(acc, student, teacher, vision_memo_gb)  # last: a failed setup leaves no memo behind
+    return run
+
+
+def _restore(run: Run, resume: bool) -> None:
+    """Continue from ``out_dir/checkpoint`` when resuming; otherwise forget any earlier run's state."""
+    for name in ("best", "final"):
+        fsio.recover(run.out_dir / name)
+    if not resume:
+        if run.acc.is_main_process:
+            checkpoint.clear(run.out_dir)
+        run.acc.wait_for_everyone()
+        return
+    state = checkpoint.load_resume(run.acc, run.out_dir, run.settings)
+    if state is None:
+        return
+    run.epoch, run.position, run.step = state["epoch"], state["position"], state["step"]
+    run.best, run.done, run.history = state["best"], state["done"], state["history"]
+    run.last_checkpoint = f"{run.out_dir / checkpoint.RESUME_DIR} (step {run.step})"

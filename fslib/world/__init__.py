@@ -1,0 +1,1 @@
+"""The synthetic egocentric world and the embedded tiny pair (its build and pre-training)."""

@@ -1,0 +1,203 @@
+"""Pre-training of the embedded tiny pair: what web-scale pre-training gives the real Qwen2-VL models.
+
+``Qwen/Qwen2-VL-7B-Instruct`` and ``-2B-Instruct`` arrive with a vision tower trained on billions of images and a
+language model already taught to read it. The embedded pair is built from random weights, and the few hundred
+question-answer pairs of the tiny default cannot teach a random tower to see: before this module existed the tiny
+teacher answered from the question text alone (its accuracy equalled the blind control's). Each embedded model is
+therefore pre-trained once, when it is built, in two stages:
+
+1. **Vision** (as CLIP/DFN pre-training): the vision tower and its merger learn to *label every visual token*: which
+   object categories, colours and hands the 28x28-pixel cell under the token shows, and where in the image the cell
+   is. The position targets matter: Qwen2-VL's tower has no absolute position embedding (2D RoPE is relative), and
+   the language model's M-RoPE gives the image's width axis its lowest frequencies (under 1e-3 rad across the tiny
+   pair's 4-token-wide grid), so without them a small model cannot tell "my left hand" from "my right hand".
+2. **Alignment** (as the real pair's caption and instruction stages): with the tower frozen, the whole language model
+   learns to describe scenes (``"table: red cup, blue phone. left hand: nothing. right hand: green apple."``) and,
+   where the recipe says so, to answer questions of the task's kinds.
+
+All scenes come from their own seed streams (``fslib.world.synth.stream_records``), disjoint from every train, val, test,
+ood and unlabelled scene, and never show the default held-out colour-object pairs. Labels and captions are exact, read
+from each scene's layout. The recipe is part of the embedded model's build stamp: a change rebuilds the model.
+
+Fine-tuning a pre-trained tower with AdamW at the tiny default's learning rate undid it: with the tower trainable,
+the teacher's answers were the same with and without the image; with it frozen, colour questions were answered from
+the image (Adam's normalised updates move every weight by about lr, however small its gradient). So 02 keeps vision
+towers frozen by default, as the common Qwen2-VL fine-tuning recipes do (LLaMA-Factory's ``freeze_vision_tower``).
+"""
+from __future__ import annotations
+
+import tempfile
+
+import torch
+
+from fslib.world import synth
+
+# Part of each embedded build's cache key (fslib.engine.models): bump it whenever a code change alters what pre-training
+# computes, so no machine keeps serving a build of the old code. 2: the loss projects logits only at answer positions
+# (fslib.engine.losspaths), which changes the alignment stage's float rounding and so the language models' weights.
+PRETRAIN_VERSION = 2
+CAPTION_PROMPT = "Describe what I see."
+POSITIONS = ("col_left", "col_centre", "col_right", "row_top", "row_middle", "row_bottom")
+LABELS = (*synth.OBJECTS, *synth.COLOURS, "hand", *POSITIONS)
+SCENE = dict(image_size=112, max_objects=4, clutter=2)
+
+
+def _box(x: float, y: float, r: float) -> tuple[float, float, float, float]:
+    """The normalised box an object drawn at (x, y) with radius r covers (see ``fslib.world.render._draw_object``)."""
+    return x - 0.85 * r, y - 1.05 * r, x + 1.0 * r, y + 0.95 * r
+
+
+def cell_labels(scene: dict, grid_h: int, grid_w: int, min_cover: float = 0.25) -> torch.Tensor:
+    """``[grid_h * grid_w, len(LABELS)]`` multi-hot, row-major like the merged visual tokens.
+
+    A cell shows a thing when the thing's box covers at least ``min_cover`` of the cell or the cell holds at least
+    ``min_cover`` of the box (so small objects count); every cell also gets its column and row third.
+    """
+    out = torch.zeros(grid_h, grid_w, len(LABELS))
+    things = [(o["name"], o["colour"], _box(o["x"], o["y"], o["r"])) for o in scene["objects"]]
+    for hand in scene["hands"]:
+        things.append(("hand", None, (hand["x"] - 0.09, hand["y"] - 0.06, hand["x"] + 0.09, hand["y"] + 0.2)))
+        if hand["held"]:
+            h = hand["held"]
+            things.append((h["name"], h["colour"], _box(hand["x"], hand["y"], h["r"])))
+    ch, cw = 1.0 / grid_h, 1.0 / grid_w
+    for i in range(grid_h):
+        for j in range(grid_w):
+            out[i, j, LABELS.index(POSITIONS[min(2, int(3 * (j + 0.5) * cw))])] = 1
+            out[i, j, LABELS.index(POSITIONS[3 + min(2, int(3 * (i + 0.5) * ch))])] = 1
+    for name, colour, (x0, y0, x1, y1) in things:
+        area = max(1e-9, (x1 - x0) * (y1 - y0))
+        for i in range(grid_h):
+            for j in range(grid_w):
+                ox = max(0.0, min(x1, (j + 1) * cw) - max(x0, j * cw))
+                oy = max(0.0, min(y1, (i + 1) * ch) - max(y0, i * ch))
+                if ox * oy >= min_cover * min(area, ch * cw):
+                    out[i, j, LABELS.index(name)] = 1
+                    if colour:
+                        out[i, j, LABELS.index(colour)] = 1
+    return out.reshape(grid_h * grid_w, len(LABELS))
+
+
+def caption(scene: dict) -> str:
+    """The exact description of a scene: surface objects left to right, then each hand."""
+    table = ", ".join(f"{o['colour']} {o['name']}" for o in sorted(scene["objects"], key=lambda o: o["x"]))
+    hands = [f"{h['side']} hand: " + (f"{h['held']['colour']} {h['held']['name']}" if h["held"] else "nothing")
+             for h in scene["hands"]]
+    return f"{scene['surface']}: {table or 'nothing'}. " + ". ".join(hands) + "."
+
+
+def caption_corpus() -> list[str]:
+    """Caption phrasings for the tokenizer's training text."""
+    lines = [CAPTION_PROMPT, *(f"{side} hand: nothing." for side in synth.HANDS)]
+    for surface in synth.SURFACES:
+        lines += [f"{surface}: {c} {o}, {c} {o}." for c in synth.COLOURS for o in synth.OBJECTS]
+    return lines
+
+
+def pretrain_vision(model, image_processor, *, scenes: int, epochs: int, lr: float, batch_size: int = 32,
+                    seed: int = 0, progress: bool = True) -> dict:
+    """Stage 1: train ``model.model.visual`` (patch embedding, blocks and merger) in place to label each token.
+
+    Returns per-label F1 on held-out scenes and the first and last losses, which the build records.
+    """
+    from tqdm.auto import tqdm
+
+    visual, merge = model.model.visual, image_processor.merge_size
+    n_eval = max(64, scenes // 16)
+    records = synth.stream_records("pretrain-vision", scenes + n_eval, seed=seed, video_fraction=0.0, **SCENE)
+    def batches(recs):
+        out = []
+        for start in range(0, len(recs), batch_size):
+            chunk = recs[start:start + batch_size]
+            enc = image_processor(images=[r["image"] for r in chunk], return_tensors="pt")
+            grids = enc["image_grid_thw"]
+            labels = torch.cat([cell_labels(r["scene"], int(g[1]) // merge, int(g[2]) // merge)
+                                for r, g in zip(chunk, grids)])
+            out.append((enc["pixel_values"], grids, labels))
+        return out
+
+    train_b, eval_b = batches(records[:scenes]), batches(records[scenes:])
+    head = torch.nn.Linear(model.config.vision_config.hidden_size, len(LABELS))
+    visual.requires_grad_(True)
+    params = [*visual.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    total = epochs * len(train_b)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)) * max(0.0, 1 - s / total))
+    # Positive cells are rare (an object covers 1-3 of 16): weigh them up so "nothing anywhere" is no minimum.
+    stacked = torch.cat([b[2] for b in train_b])
+    pos_weight = ((len(stacked) - stacked.sum(0)) / stacked.sum(0).clamp(min=1)).clamp(max=20.0)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    gen = torch.Generator().manual_seed(seed)
+    visual.train()
+    losses = []
+    with tqdm(total=total, desc="pre-training: vision tower", disable=not progress) as bar:
+        for _ in range(epochs):
+            for k in torch.randperm(len(train_b), generator=gen).tolist():
+                pixels, grids, labels = train_b[k]
+                loss = loss_fn(head(visual(pixels, grid_thw=grids).pooler_output), labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    visual.eval()
+    with torch.no_grad():
+        pred = torch.cat([(head(visual(p, grid_thw=g).pooler_output) > 0).float() for p, g, _ in eval_b])
+    truth = torch.cat([b[2] for b in eval_b])
+    tp = (pred * truth).sum(0)
+    recall, precision = tp / truth.sum(0).clamp(min=1), tp / pred.sum(0).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-9)
+    return {"eval_cells": int(truth.shape[0]), "f1": {n: round(float(v), 3) for n, v in zip(LABELS, f1)},
+            "loss_first": round(losses[0], 4), "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4)}
+
+
+def alignment_records(*, captions: int, questions: int, seed: int = 0) -> list[dict]:
+    """Stage 2 data: ``captions`` described scenes and ``questions`` task-style questions (a quarter on clips)."""
+    caps = synth.stream_records("pretrain-caption", captions, seed=seed, video_fraction=0.0, **SCENE)
+    caps = [{**r, "qtype": "caption", "question": CAPTION_PROMPT, "answer": caption(r["scene"]), "aliases": []}
+            for r in caps]
+    qa = synth.stream_records("pretrain-qa", questions, seed=seed, video_fraction=0.25, **SCENE) if questions else []
+    return [{k: v for k, v in r.items() if k != "scene"} for r in caps + qa]
+
+
+def align(model, processor, *, captions: int, questions: int, epochs: int, lr: float, batch_size: int = 8,
+          seed: int = 0) -> dict:
+    """Stage 2: the language model (vision tower frozen) learns to describe scenes and answer questions.
+
+    Runs the project's own training loop (``fslib.training.loop.train`` with alpha = 0), so it is the code path of 02.
+    """
+    from fslib.engine import collate
+    from fslib.training import loop, sampler
+
+    records = alignment_records(captions=captions + 64, questions=questions, seed=seed)
+    held = records[:64]  # validation: 64 captions
+    pixels = dict(image_min_pixels=56 * 56, image_max_pixels=112 * 112, video_min_pixels=56 * 56,
+                  video_max_pixels=112 * 112, video_total_pixels=112 * 112 * 8)
+    collator = collate.VQACollator(processor, pixels, max_length=256)
+    model.model.visual.requires_grad_(False)
+    with tempfile.TemporaryDirectory(prefix="firstsight-align-") as tmp:
+        history = loop.train(model, None, processor,
+                              sampler.make_loader(records[64:], collator, batch_size=batch_size, shuffle=True, seed=seed),
+                              sampler.make_loader(held, collator, batch_size=batch_size, shuffle=False, seed=seed),
+                              out_dir=tmp, epochs=epochs, grad_accum=1, lr=lr, warmup_ratio=0.05, weight_decay=0.0,
+                              max_grad_norm=1.0, temperature=1.0, alpha=0.0, label="pre-training: alignment",
+                              seed=seed)
+    model.requires_grad_(True)
+    return {"records": len(records) - 64, "val_loss": [round(e["val_loss"], 4) for e in history["epochs"]]}
+
+
+def pretrain(model, processor, recipe: dict, *, progress: bool = True) -> dict:
+    """Both stages as ``recipe`` says (``{"vision": {...}, "align": {...}}``; an empty stage is skipped)."""
+    torch.manual_seed(recipe.get("seed", 0))
+    out = {"version": PRETRAIN_VERSION}
+    if recipe.get("vision"):
+        out["vision"] = pretrain_vision(model, processor.image_processor, seed=recipe.get("seed", 0),
+                                        progress=progress, **recipe["vision"])
+    if recipe.get("align"):
+        out["align"] = align(model, processor, seed=recipe.get("seed", 0), **recipe["align"])
+    model.eval()
+    return out
