@@ -10,7 +10,7 @@ true tail mass. How much mass is at stake depends on the teacher and on T, so th
 
 - ``tail_mass``: the finished run's prepared teacher, on its training answer tokens: the share of softmax(z / T)
   outside its top k (cut to the student's vocabulary, as the cache is), at T = 1 and at the run's T;
-- ``variants``: 02's KD student on the labelled questions (``kd_labelled_student``: its ``job.json``, so the same
+- ``variants``: 02's KD student on the labelled questions (``kd_labelled_student``: its ``distill_config.json``, so the same
   data, steps, learning rate and loss) trained per seed against the live teacher, the renormalised cache and the
   exact-tail cache, each scored by greedy exact match on ``--probe`` questions of a seed stream disjoint from every
   split (the run's scene settings), with training wall seconds on this machine.
@@ -41,6 +41,7 @@ from fslib.training import (
     cache,
     jobs,  # noqa: E402
 )
+from fslib.training.config import DistillConfig
 from fslib.world import synth
 
 VARIANTS = ("live", "renormalise", "exact")
@@ -64,14 +65,14 @@ def tail_mass(teacher, collator, records: list[dict], *, k: int, vocab: int, tem
             "max": float(m.max())}
 
 
-def _absolute(job: dict) -> dict:
-    """job.json's paths are relative to the directory 02 ran in (the repository root)."""
-    out = dict(job)
-    for key in ("student_path", "teacher_path", "data_dir", "cache_dir"):
-        if out.get(key) and not Path(out[key]).is_absolute():
-            out[key] = str(ROOT / out[key])
-    out["extra_train_dirs"] = [d if Path(d).is_absolute() else str(ROOT / d) for d in out.get("extra_train_dirs", [])]
-    return out
+def _absolute(cfg: DistillConfig) -> DistillConfig:
+    """distill_config.json's paths are relative to the directory 02 ran in (the repository root)."""
+    def ab(path):
+        return str(ROOT / path) if path and not Path(path).is_absolute() else path
+
+    return cfg.but(model={"path": ab(cfg.model.path)},
+                   teacher={"path": ab(cfg.teacher.path), "cache_dir": ab(cfg.teacher.cache_dir)},
+                   data={"data_dir": ab(cfg.data.data_dir), "extra_train_dirs": tuple(map(ab, cfg.data.extra_train_dirs))})
 
 
 def main(argv=None) -> int:
@@ -83,39 +84,40 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cache_tail.json"))
     args = ap.parse_args(argv)
     run = Path(args.run).resolve()
-    job_path = run / "kd_labelled_student" / "job.json"
+    job_path = run / "kd_labelled_student" / "distill_config.json"
     if not job_path.exists():
         raise SystemExit(f"{job_path} not found: run `make report` first (02 writes it when it distils on the "
                          "labelled questions; this benchmark re-trains that student)")
-    job = jobs.Job(**_absolute(fsio.read_json(job_path)))
-    if not job.teacher_path:
+    job = _absolute(DistillConfig.read(job_path))
+    if not job.teacher.path:
         raise SystemExit(f"{job_path}: no teacher_path")
     scene = {k: fsio.read_json(run / "data_stats.json")["params"][k] for k in SCENE_KEYS}
     probe = synth.stream_records("cache-tail", args.probe, seed=77, **scene)
-    processor = models.load_processor(job.student_path)
-    collator = collate.VQACollator(processor, job.pixels, max_length=job.max_length)
-    answer_collator = collate.VQACollator(processor, job.pixels, max_length=job.max_length, train=False)
-    vocab = AutoConfig.from_pretrained(job.student_path).get_text_config().vocab_size
-    k = (fsio.read_json(Path(job.cache_dir) / "meta.json")["k"] if job.cache_dir
+    processor = models.load_processor(job.model.path)
+    collator = collate.VQACollator(processor, job.data.pixels, max_length=job.data.max_length)
+    answer_collator = collate.VQACollator(processor, job.data.pixels, max_length=job.data.max_length, train=False)
+    vocab = AutoConfig.from_pretrained(job.model.path).get_text_config().vocab_size
+    k = (fsio.read_json(Path(job.teacher.cache_dir) / "meta.json")["k"] if job.teacher.cache_dir
          else config.default_params()["teacher_cache_topk"])  # the run's k, else 02's default
-    train_records, val_records = jobs._records(job)
-    teacher = models.load_model(job.teacher_path, frozen=True)
+    train_records, val_records = jobs.records(job)
+    teacher = models.load_model(job.teacher.path, frozen=True)
     masses = [tail_mass(teacher, collator, train_records, k=k, vocab=vocab, temperature=t)
-              for t in sorted({1.0, float(job.temperature)})]
+              for t in sorted({1.0, float(job.loss.temperature)})]
     del teacher
     result = {"variants": {v: {"exact_match": [], "train_s": [], "per_type": []} for v in VARIANTS}}
     with tempfile.TemporaryDirectory(prefix="cache_tail_") as work:
         caches = {}
         for tail in ("renormalise", "exact"):
             caches[tail] = str(Path(work) / f"cache-{tail}")
-            cache.ensure(cache.TeacherRef(job.teacher_path), collator, train_records + val_records, caches[tail],
-                         k=k, vocab=vocab, batch_size=job.batch_size,
-                         temperature=cache.tail_temperature(tail, job.temperature))
+            cache.ensure(cache.TeacherRef(job.teacher.path), collator, train_records + val_records, caches[tail],
+                         k=k, vocab=vocab, batch_size=job.optim.batch_size,
+                         temperature=cache.tail_temperature(tail, job.loss.temperature))
         for seed in args.seeds:
             for variant in VARIANTS:
                 out_dir = Path(work) / f"{variant}-{seed}"
                 t0 = time.perf_counter()
-                jobs.run(job.but(out_dir=str(out_dir), cache_dir=caches.get(variant), seed=seed, resume=False))
+                jobs.run(job.but(out_dir=str(out_dir), teacher={"cache_dir": caches.get(variant)}, optim={"seed": seed},
+                                 runtime={"resume": False}))
                 seconds = time.perf_counter() - t0
                 model = models.load_model(str(out_dir / "best"), frozen=True)
                 answers = generate.generate_answers(model, answer_collator, probe, batch_size=32,

@@ -40,6 +40,7 @@ from fslib.engine import (
     models,
     visionmemo,  # noqa: E402
 )
+from fslib.engine.losspaths import LossConfig
 from fslib.training import cache, sampler
 from fslib.world import embedded, synth
 
@@ -47,9 +48,7 @@ from fslib.world import embedded, synth
 def _timed_step(student, opt, batch: dict, p: dict, **source) -> tuple[float, float]:
     """One training step of ``student`` on ``batch`` (the code path of fslib.training.loop); (wall s, process CPU s)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    out = losspaths.batch_loss(student, batch=batch, temperature=p["temperature"], alpha=p["alpha"], device="cpu",
-                             divergence=p["divergence"], beta=p["beta"], kd_impl=p["kd_impl"],
-                             kd_chunk_size=p["kd_chunk_size"], **source)
+    out = losspaths.batch_loss(student, batch=batch, loss=LossConfig(temperature=p["temperature"], alpha=p["alpha"], divergence=p["divergence"], beta=p["beta"], kd_impl=p["kd_impl"], kd_chunk_size=p["kd_chunk_size"]), device="cpu", **source)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(adapters.parameters(), p["max_grad_norm"])
     opt.step()

@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fslib.engine import collate, generate, losspaths, models
+from fslib.engine.losspaths import LossConfig
 from fslib.training import cache, loop, sampler, seqkd
+from fslib.training.config import loader_config
 from fslib.world import synth
 
 
@@ -36,8 +38,7 @@ def test_full_k_cache_reproduces_the_live_teacher_loss_and_gradients(tmp_path, t
     grads = []
     for kw in ({"cache": tc}, {}):
         student = models.load_model(student_path)
-        out = losspaths.batch_loss(student, None if kw else teacher, batch, temperature=2.0, alpha=0.5, device="cpu",
-                                 **kw)
+        out = losspaths.batch_loss(student, None if kw else teacher, batch, device="cpu", loss=LossConfig(temperature=2.0, alpha=0.5), **kw)
         out.loss.backward()
         grads.append((out, torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])))
     (cached, g_cached), (live, g_live) = grads
@@ -101,8 +102,8 @@ def test_log_partition_gives_the_teacher_tail_and_follows_the_temperature(tmp_pa
         records[0]["id"]][2]])[2] is None
     student = models.load_model(student_path)
     with pytest.raises(ValueError, match="training temperature"):  # the stored logZ is at T = 3
-        losspaths.batch_loss(student, None, batch, temperature=2.0, alpha=0.5, device="cpu", cache=tc3)
-    out = losspaths.batch_loss(student, None, batch, temperature=3.0, alpha=0.5, device="cpu", cache=tc3)
+        losspaths.batch_loss(student, None, batch, loss=LossConfig(temperature=2.0, alpha=0.5), device="cpu", cache=tc3)
+    out = losspaths.batch_loss(student, None, batch, loss=LossConfig(temperature=3.0, alpha=0.5), device="cpu", cache=tc3)
     assert torch.isfinite(out.loss) and out.kd.item() > 0
 
 
@@ -128,9 +129,7 @@ def test_training_from_the_cache_runs_without_a_teacher(tmp_path, teacher_path, 
     tc, _ = cache.ensure(cache.TeacherRef(teacher_path), collator, recs, tmp_path / "c", k=8,
                          vocab=_vocab(student_path))
     loaders = [sampler.make_loader(r, collator, batch_size=2, shuffle=True, seed=0) for r in (recs[:4], recs[4:])]
-    hist = loop.train(models.load_model(student_path), None, processor, *loaders, out_dir=tmp_path / "run",
-                       epochs=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
-                       temperature=2.0, alpha=0.5, cache=tc)
+    hist = loop.train(models.load_model(student_path), None, processor, *loaders, loader_config(tmp_path / "run", cache_dir="cache", epochs=1, grad_accum=1, learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0, temperature=2.0, alpha=0.5), cache=tc)
     assert all(s["kd"] > 0 and s["ce"] > 0 for s in hist["steps"])
     assert hist["epochs"][0]["val_kd"] > 0
 

@@ -3,21 +3,28 @@
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from fslib.training import jobs
+from fslib.training.config import (
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    OptimConfig,
+    TeacherConfig,
+)
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data_dir, student_path, teacher_path,
                                                             pixels):
-    job = jobs.Job(label="kd", out_dir=str(tmp_path / "one"), student_path=student_path,
-                        data_dir=str(small_data_dir), teacher_path=teacher_path, pixels=pixels, max_length=256,
-                        batch_size=4, grad_accum=1, epochs=1, lr=2e-3, seed=0)
+    job = DistillConfig(label="kd", out_dir=str(tmp_path / "one"), model=ModelConfig(path=student_path),
+                        data=DataConfig(data_dir=str(small_data_dir), pixels=pixels, max_length=256),
+                        teacher=TeacherConfig(path=teacher_path),
+                        optim=OptimConfig(batch_size=4, grad_accum=1, epochs=1, learning_rate=2e-3, seed=0))
     one = jobs.run(job)
     # 2 processes x micro-batch 2 = the global batch of 4 above; configs/accelerate/ddp.yaml runs gloo on CPU
-    two = jobs.launch(job.but(out_dir=str(tmp_path / "two"), batch_size=2), num_processes=2,
+    two = jobs.launch(job.but(out_dir=str(tmp_path / "two"), optim={"batch_size": 2}), num_processes=2,
                            config_file="configs/accelerate/ddp.yaml", timeout=600)
     assert two["settings"]["processes"] == 2 and one["settings"]["processes"] == 1
     assert len(one["steps"]) == len(two["steps"]) == 3  # 12 records / global batch 4
@@ -36,4 +43,4 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, small_data
     # those bits into ~1e-5 differences on weights whose gradient is near zero. Far below what training moved.
     worst = max((w1[k] - w2[k]).abs().max() for k in w1)
     assert worst < 1e-4 and worst < 0.02 * moved, (worst, moved)
-    assert json.loads((tmp_path / "two" / "job.json").read_text())["batch_size"] == 2
+    assert json.loads((tmp_path / "two" / "distill_config.json").read_text())["optim"]["batch_size"] == 2

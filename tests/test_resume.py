@@ -1,7 +1,6 @@
 """Exact resume: a training process killed with SIGKILL mid-epoch, after a checkpoint, then resumed, ends with the
 same weights as an uninterrupted run (bit for bit on CPU)."""
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -11,7 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 from fslib.core import fsio
-from fslib.training import checkpoint, jobs
+from fslib.training import checkpoint
+from fslib.training.config import (
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    OptimConfig,
+    RuntimeConfig,
+    TeacherConfig,
+)
 
 # Runs one job; with a step number, the process SIGKILLs itself just before that optimizer step (so it dies in the
 # middle of an epoch, after the last checkpoint, with work done since that is lost).
@@ -36,14 +43,16 @@ jobs.run(json.loads(open(sys.argv[1]).read()))
 @pytest.fixture()
 def job(tmp_path, small_data_dir, student_path, teacher_path, pixels):
     # 12 train records, micro-batch 2, accumulation 2: 3 optimizer steps per epoch, 6 in all; a checkpoint every 2
-    return jobs.Job(label="kd", out_dir="", student_path=student_path, data_dir=str(small_data_dir),
-                         teacher_path=teacher_path, pixels=pixels, max_length=256, batch_size=2, grad_accum=2,
-                         epochs=2, lr=2e-3, save_every=2, seed=0, freeze_vision=True)  # both towers memoised
+    return DistillConfig(label="kd", out_dir="", model=ModelConfig(path=student_path, freeze_vision=True),  # both
+                         data=DataConfig(data_dir=str(small_data_dir), pixels=pixels, max_length=256),  # towers memoised
+                         teacher=TeacherConfig(path=teacher_path),
+                         optim=OptimConfig(batch_size=2, grad_accum=2, epochs=2, learning_rate=2e-3, seed=0),
+                         runtime=RuntimeConfig(save_every=2))
 
 
 def _start(tmp_path, job, name, kill_at=0, resume=False):
     spec = tmp_path / f"{name}.json"
-    spec.write_text(json.dumps(dataclasses.asdict(job.but(out_dir=str(tmp_path / name), resume=resume))))
+    spec.write_text(json.dumps(job.but(out_dir=str(tmp_path / name), runtime={"resume": resume}).to_dict()))
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     return subprocess.Popen([sys.executable, str(worker), str(spec), str(kill_at)], stdout=subprocess.PIPE,

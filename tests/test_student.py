@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from fslib.engine import adapters, collate, losspaths, models
+from fslib.engine.losspaths import LossConfig
 from fslib.training import loop, sampler
+from fslib.training.config import loader_config
 
 
 @pytest.fixture()
@@ -41,8 +43,7 @@ def test_frozen_vision_tower_gets_no_gradient_and_no_optimizer_state(tmp_path, s
     before = {n: p.clone() for n, p in adapters.vision_tower(model).named_parameters()}
     col = collate.VQACollator(processor, pixels)
     loaders = [sampler.make_loader(small_splits[s][:4], col, batch_size=2, shuffle=False, seed=0) for s in ("train", "val")]
-    loop.train(model, None, processor, *loaders, out_dir=tmp_path, epochs=1, grad_accum=1, lr=1e-2,
-                warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0, temperature=1.0, alpha=0.0)
+    loop.train(model, None, processor, *loaders, loader_config(tmp_path, epochs=1, grad_accum=1, learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0, temperature=1.0, alpha=0.0))
     assert all(torch.equal(before[n], p) for n, p in adapters.vision_tower(model).named_parameters())
     lm = model.get_decoder().layers[0].mlp.up_proj.weight
     assert not torch.equal(lm, models.load_model(student_path).get_decoder().layers[0].mlp.up_proj.weight)
@@ -54,7 +55,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(student_path, teacher_p
     for gc in (False, True):
         model = adapters.prepare(models.load_model(student_path), gradient_checkpointing=gc)
         assert adapters.is_checkpointing(model) == gc
-        out = losspaths.batch_loss(model, teacher, batch, temperature=2.0, alpha=0.5, device="cpu", kd_impl="chunked")
+        out = losspaths.batch_loss(model, teacher, batch, loss=LossConfig(temperature=2.0, alpha=0.5, kd_impl="chunked"), device="cpu")
         out.loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-5)

@@ -5,7 +5,9 @@ import torch
 from safetensors.torch import load_file
 
 from fslib.engine import collate, losspaths, models
+from fslib.engine.losspaths import LossConfig
 from fslib.training import checkpoint, loop, sampler
+from fslib.training.config import loader_config
 
 
 @pytest.fixture()
@@ -18,10 +20,11 @@ def loaders(processor, pixels, small_splits):
 
 def _run(student_path, teacher, processor, loaders, out, **kw):
     student = models.load_model(student_path)
-    args = dict(out_dir=out, epochs=2, grad_accum=2, lr=1e-3, warmup_ratio=0.1, weight_decay=0.0, max_grad_norm=1.0,
+    args = dict(epochs=2, grad_accum=2, learning_rate=1e-3, warmup_ratio=0.1, weight_decay=0.0, max_grad_norm=1.0,
                 temperature=3.0, alpha=0.7 if teacher is not None else 0.0)
     args.update(kw)
-    return student, loop.train(student, teacher, processor, *loaders, **args)
+    cfg = loader_config(out, teacher="live" if teacher is not None else None, **args)
+    return student, loop.train(student, teacher, processor, *loaders, cfg)
 
 
 def test_kd_training_saves_best_final_and_history(tmp_path, student_path, teacher_path, processor, loaders):
@@ -94,7 +97,7 @@ def test_accumulation_equals_one_big_batch(student_path, processor, pixels, smal
         for group in groups:
             total = sum(int((b["labels"][:, 1:] != -100).sum()) for b in group)
             for b in group:
-                out = loop.batch_loss(model, None, b, temperature=1.0, alpha=0.0, device="cpu")
+                out = loop.batch_loss(model, None, b, loss=LossConfig(temperature=1.0, alpha=0.0), device="cpu")
                 (out.loss * out.n_tokens / total).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
@@ -102,7 +105,7 @@ def test_accumulation_equals_one_big_batch(student_path, processor, pixels, smal
 
 def _grads(model, teacher, batch, **kw):
     model.zero_grad()
-    out = losspaths.batch_loss(model, teacher, batch, temperature=2.0, alpha=0.6, device="cpu", **kw)
+    out = losspaths.batch_loss(model, teacher, batch, loss=LossConfig(temperature=2.0, alpha=0.6, **kw), device="cpu")
     out.loss.backward()
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -182,10 +185,11 @@ def test_onpolicy_batch_trains_on_the_students_samples(tmp_path, student_path, t
     assert [r["answer"] for r in sampled["records"]] != [r["answer"] for r in batch["records"]]
     # lambda 1: every micro-batch is the student's own; KD only, so the loss equals alpha-free T^2 * KD
     loaders = [sampler.make_loader(small_splits[s][:4], col, batch_size=2, shuffle=False, seed=0) for s in ("train", "val")]
-    hist = loop.train(student, models.load_model(teacher_path, frozen=True), processor, *loaders, out_dir=tmp_path,
-                       epochs=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
-                       temperature=2.0, alpha=0.5,
-                       onpolicy={"lambda": 1.0, "max_new_tokens": 4, "temperature": 1.0, "collator": col})
+    cfg = loader_config(tmp_path, teacher="live", epochs=1, grad_accum=1, learning_rate=1e-3, warmup_ratio=0.0,
+                        weight_decay=0.0, max_grad_norm=1.0, temperature=2.0, alpha=0.5, onpolicy_lambda=1.0,
+                        onpolicy_max_new_tokens=4, onpolicy_temperature=1.0)
+    hist = loop.train(student, models.load_model(teacher_path, frozen=True), processor, *loaders, cfg,
+                      onpolicy_collator=col)
     assert all(s["loss"] == pytest.approx(4.0 * s["kd"], rel=1e-5) for s in hist["steps"])
 
 

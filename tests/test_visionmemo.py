@@ -5,6 +5,7 @@ import torch
 
 from fslib.engine import adapters, collate, models, visionmemo
 from fslib.training import loop, sampler
+from fslib.training.config import loader_config
 
 
 @pytest.fixture()
@@ -84,9 +85,7 @@ def test_training_with_and_without_the_memo_ends_with_identical_weights(tmp_path
         teacher = models.load_model(teacher_path, frozen=True)
         loader = sampler.make_loader(small_splits["train"], col, batch_size=4, shuffle=True, seed=0)
         val = sampler.make_loader(small_splits["val"], col, batch_size=4, shuffle=False, seed=0)
-        history = loop.train(model, teacher, processor, loader, val, out_dir=tmp_path / f"gb{gb}", epochs=2,
-                              grad_accum=1, lr=2e-3, warmup_ratio=0.1, weight_decay=0.0, max_grad_norm=1.0,
-                              temperature=2.0, alpha=0.5, vision_memo_gb=gb)
+        history = loop.train(model, teacher, processor, loader, val, loader_config(tmp_path / f"gb{gb}", teacher="live", epochs=2, grad_accum=1, learning_rate=2e-3, warmup_ratio=0.1, weight_decay=0.0, max_grad_norm=1.0, temperature=2.0, alpha=0.5, vision_memo_gb=gb))
         finals[gb] = {k: v.clone() for k, v in model.state_dict().items()}
         assert "get_image_features" not in model.model.__dict__  # removed when training ends
         if gb:

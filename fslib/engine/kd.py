@@ -125,7 +125,7 @@ def token_divergence(lp_s: Tensor, lp_t: Tensor, divergence: str, beta: float) -
 # ---------------------------------------------------------------- shared helpers
 
 
-def _check_args(divergence: str, beta: float, temperature: float, alpha: float) -> None:
+def check_args(divergence: str, beta: float, temperature: float, alpha: float) -> None:
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
     if not 0.0 <= beta <= 1.0:
@@ -212,7 +212,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, t
     -100 for ignored positions. ``divergence`` is one of ``DIVERGENCES`` (see ``token_divergence``; ``beta`` is
     the JSD interpolation or the skew of ``skew_kl``). Returns a ``KDLoss`` of 0-dim float32 tensors.
     """
-    _check_args(divergence, beta, temperature, alpha)
+    check_args(divergence, beta, temperature, alpha)
     if student_logits.shape[:2] != labels.shape or teacher_logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(student_logits.shape)} / {tuple(teacher_logits.shape)} do not match "
                          f"labels {tuple(labels.shape)} in (B, L)")
@@ -240,7 +240,7 @@ def chunked_kd_loss(student_hidden: Tensor, student_head_weight: Tensor, teacher
     ``loss`` carries the gradient (to the student's hidden states, head weight and bias); here ``kd`` and ``ce``
     are detached, for logging. See ``fslib.engine.kd_chunked`` for how the backward is done.
     """
-    _check_args(divergence, beta, temperature, alpha)
+    check_args(divergence, beta, temperature, alpha)
     if student_hidden.shape[:2] != labels.shape or teacher_hidden.shape[:2] != labels.shape:
         raise ValueError(f"hidden states {tuple(student_hidden.shape)} / {tuple(teacher_hidden.shape)} do not "
                          f"match labels {tuple(labels.shape)} in (B, L)")
@@ -283,7 +283,7 @@ def topk_kd_loss(student_logits: Tensor, teacher_topk_values: Tensor, teacher_to
     the student's tail mass towards 0, and reverse KL (and ``jsd`` with beta = 1) would be infinite against the
     empty bucket, so they raise unless k = V.
     """
-    _check_args(divergence, beta, temperature, alpha)
+    check_args(divergence, beta, temperature, alpha)
     vocab = student_logits.shape[-1]
     mask, targets = _shifted_targets(labels, vocab)
     n, k = teacher_topk_values.shape

@@ -27,23 +27,26 @@ IMPLS = ("full", "chunked")
 
 
 @dataclass(frozen=True)
-class LossSpec:
-    """Loss settings (see ``fslib.engine.kd``): L = alpha * T^2 * D(p_t, p_s) + (1 - alpha) * CE."""
+class LossConfig:
+    """The loss of one training (see ``fslib.engine.kd``): L = alpha * T^2 * D(p_t, p_s) + (1 - alpha) * CE, computed
+    by the ``kd_impl`` path. Field names are 02's parameter names; the notebook's values reach the loss unrenamed."""
 
     temperature: float = 3.0
     alpha: float = 0.7
     divergence: str = "forward_kl"
     beta: float = 0.5
-    impl: str = "full"
-    chunk_size: int = 1024
+    kd_impl: str = "full"
+    kd_chunk_size: int = 1024
 
     def __post_init__(self):
-        if self.impl not in IMPLS:
-            raise ValueError(f"kd_impl {self.impl!r} is not one of: {', '.join(IMPLS)}")
-        if self.chunk_size < 1:
-            raise ValueError(f"kd_chunk_size must be >= 1, got {self.chunk_size}")
+        kd.check_args(self.divergence, self.beta, self.temperature, self.alpha)
+        if self.kd_impl not in IMPLS:
+            raise ValueError(f"kd_impl {self.kd_impl!r} is not one of: {', '.join(IMPLS)}")
+        if self.kd_chunk_size < 1:
+            raise ValueError(f"kd_chunk_size must be >= 1, got {self.kd_chunk_size}")
 
-    def loss_kwargs(self, alpha: float | None = None) -> dict:
+    def kd_kwargs(self, alpha: float | None = None) -> dict:
+        """The arguments every ``fslib.engine.kd`` loss takes (``alpha`` overridden where given)."""
         return dict(temperature=self.temperature, alpha=self.alpha if alpha is None else alpha,
                     divergence=self.divergence, beta=self.beta)
 
@@ -99,42 +102,41 @@ def _as_sequence(rows: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return seq, seq_labels
 
 
-def batch_loss(student, teacher, batch: dict, *, temperature: float, alpha: float, device, divergence: str = "forward_kl",
-               beta: float = 0.5, kd_impl: str = "full", kd_chunk_size: int = 1024, cache=None) -> kd.KDLoss:
-    """Forward on the *whole* processor output (pixels included) and the loss of ``LossSpec``'s path.
+def batch_loss(student, teacher, batch: dict, *, loss: LossConfig, device, cache=None) -> kd.KDLoss:
+    """Forward on the *whole* processor output (pixels included) and the loss of ``loss.kd_impl``'s path.
 
     ``teacher`` is a frozen model, or None; ``cache`` a ``fslib.training.cache.TeacherCache`` used instead of a teacher.
     """
-    spec = LossSpec(temperature, alpha, divergence, beta, kd_impl, kd_chunk_size)
+    spec = loss
     inputs = to_device(batch["inputs"], device)
     labels = batch["labels"].to(device)
-    if cache is not None and alpha > 0:
+    if cache is not None and spec.alpha > 0:
         return _cached_loss(student, cache, batch["ids"], inputs, labels, spec)
-    if spec.impl == "chunked":
+    if spec.kd_impl == "chunked":
         return _chunked_loss(student, teacher, inputs, labels, spec)
     keep = answer_positions(labels)
     seq, seq_labels = _as_sequence(student(**inputs, logits_to_keep=keep).logits, labels)
     if teacher is None:  # plain fine-tuning: CE only (the divergence against itself is 0)
-        return kd.kd_loss(seq, seq.detach(), seq_labels, **spec.loss_kwargs(alpha=0.0))
+        return kd.kd_loss(seq, seq.detach(), seq_labels, **spec.kd_kwargs(alpha=0.0))
     with torch.no_grad():
         t_seq, _ = _as_sequence(teacher(**inputs, logits_to_keep=keep).logits, labels)
-    return kd.kd_loss(seq, t_seq.to(seq.device), seq_labels, **spec.loss_kwargs())
+    return kd.kd_loss(seq, t_seq.to(seq.device), seq_labels, **spec.kd_kwargs())
 
 
-def _chunked_loss(student, teacher, inputs, labels, spec: LossSpec) -> kd.KDLoss:
+def _chunked_loss(student, teacher, inputs, labels, spec: LossConfig) -> kd.KDLoss:
     h_s = final_hidden_states(student, inputs)
     w_s, b_s = head(student)
     if teacher is None:  # CE only: the student's detached copy stands in for the teacher (its KD term is 0)
-        h_t, w_t, b_t, kw = h_s.detach(), w_s.detach(), None if b_s is None else b_s.detach(), spec.loss_kwargs(0.0)
+        h_t, w_t, b_t, kw = h_s.detach(), w_s.detach(), None if b_s is None else b_s.detach(), spec.kd_kwargs(0.0)
     else:
         with torch.no_grad():
             h_t = final_hidden_states(teacher, inputs)
-        (w_t, b_t), kw = head(teacher), spec.loss_kwargs()
-    return kd.chunked_kd_loss(h_s, w_s, h_t.to(h_s.device), w_t, labels, chunk_size=spec.chunk_size,
+        (w_t, b_t), kw = head(teacher), spec.kd_kwargs()
+    return kd.chunked_kd_loss(h_s, w_s, h_t.to(h_s.device), w_t, labels, chunk_size=spec.kd_chunk_size,
                               student_head_bias=b_s, teacher_head_bias=b_t, **kw)
 
 
-def _cached_loss(student, cache, ids, inputs, labels, spec: LossSpec) -> kd.KDLoss:
+def _cached_loss(student, cache, ids, inputs, labels, spec: LossConfig) -> kd.KDLoss:
     counts = counted(labels).sum(1).tolist()
     values, indices, log_z = cache.rows(ids, counts)
     if log_z is not None and cache.temperature != spec.temperature:
@@ -142,5 +144,5 @@ def _cached_loss(student, cache, ids, inputs, labels, spec: LossSpec) -> kd.KDLo
                          f"the training temperature {spec.temperature}: rebuild it with cache.ensure(temperature=...)")
     rows = student(**inputs, logits_to_keep=answer_positions(labels)).logits  # (N, V), row-major like the cache
     seq, seq_labels = _as_sequence(rows, labels)
-    return kd.topk_kd_loss(seq, values.to(rows.device), indices.to(rows.device), seq_labels, **spec.loss_kwargs(),
+    return kd.topk_kd_loss(seq, values.to(rows.device), indices.to(rows.device), seq_labels, **spec.kd_kwargs(),
                            teacher_log_partition=None if log_z is None else log_z.to(rows.device))

@@ -1,14 +1,186 @@
-"""02_distill's decisions: which trainings run and with what (the fair protocol), and what training.json says."""
+"""02_distill's decisions: which trainings run and with what (the fair protocol), which records the teacher answers
+and caches, and what ``training.json`` says. The notebook calls these once per step and shows what they return.
+
+The fair protocol: the KD student and the SFT-only baseline train on the same labelled questions, for the same number
+of optimizer steps, at the same learning rate and schedule. With teacher-answered questions the KD student's epochs
+are windows of ``len(labelled)`` samples over the larger set (``samples_per_epoch``): the SFT baseline's steps, yet
+every question is used; KD on the labelled questions alone is then trained too, so the two effects can be told apart.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fslib.core.fsio import write_json
+import pandas as pd
+
+from fslib.core.fsio import read_json, write_json
+from fslib.data import store
+from fslib.engine import adapters, collate, models
+from fslib.engine.losspaths import LossConfig
+from fslib.training import cache, jobs, seqkd
+from fslib.training.config import (
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    OnPolicyConfig,
+    OptimConfig,
+    RuntimeConfig,
+    TeacherConfig,
+    pixel_bounds,
+)
+from fslib.world import synth
+from fslib.world.embedded import resolve_model
+
+# 02's parameters that decide which trainings run and how the teacher is used, rather than how one training runs.
+PROTOCOL_KEYS = ("teacher_model", "student_model", "prepare_teacher", "teacher_epochs", "teacher_learning_rate",
+                 "teacher_freeze_vision", "teacher_lora", "student_lora", "teacher_dtype", "teacher_quantization",
+                 "student_dtype", "teacher_device_map", "train_sft_baseline", "train_kd_labelled_baseline",
+                 "n_unlabelled", "teacher_answer_tokens", "teacher_answer_min_confidence", "teacher_cache",
+                 "teacher_cache_topk", "teacher_cache_tail", "num_processes", "accelerate_config")
 
 
-def write_training_summary(out_dir, histories: dict, *, teacher_path: str, student_path: str, params: dict) -> dict:
-    """``training.json``: which checkpoint is which model, for 03 and 04 to read (no hidden state between stages)."""
+def load_records(out: Path) -> tuple[dict, list[dict], list[dict]]:
+    """01's splits, and train's labelled and unlabelled records (no answer: only the teacher can answer them)."""
+    dataset = store.load_dataset_dir(Path(out) / "data")
+    splits = {name: store.records_from_dataset(dataset[name]) for name in dataset}
+    labelled, unlabelled = seqkd.split_labelled(splits["train"])
+    return splits, labelled, unlabelled
+
+
+def _config(P: dict, out: Path, label: str, model_path: str) -> DistillConfig:
+    """A training of ``model_path`` on the labels alone with 02's shared settings (alpha 0, no teacher)."""
+    return DistillConfig(
+        label=label, out_dir=str(Path(out) / label),
+        model=ModelConfig(path=str(model_path), dtype=P["student_dtype"], lora=P["student_lora"], lora_r=P["lora_r"],
+                          lora_alpha=P["lora_alpha"], lora_dropout=P["lora_dropout"], freeze_vision=P["freeze_vision"],
+                          gradient_checkpointing=P["gradient_checkpointing"],
+                          trust_remote_code=P["trust_remote_code"]),
+        data=DataConfig(data_dir=str(Path(out) / "data"), pixels=pixel_bounds(P), max_length=P["max_length"]),
+        loss=LossConfig(temperature=P["temperature"], alpha=0.0, divergence=P["divergence"], beta=P["beta"],
+                        kd_impl=P["kd_impl"], kd_chunk_size=P["kd_chunk_size"]),
+        optim=OptimConfig(epochs=P["epochs"], batch_size=P["batch_size"], grad_accum=P["grad_accum"],
+                          learning_rate=P["learning_rate"], warmup_ratio=P["warmup_ratio"],
+                          weight_decay=P["weight_decay"], max_grad_norm=P["max_grad_norm"], seed=P["seed"]),
+        runtime=RuntimeConfig(save_every=P["save_every"], resume=P["resume"], report_to=P["report_to"],
+                              vision_memo_gb=P["vision_memo_gb"]))
+
+
+def teacher_preparation(P: dict, out: Path, teacher_path: str) -> DistillConfig | None:
+    """Plain fine-tuning of the teacher on the labelled train split, with its own epochs, learning rate, dtype,
+    adapters and tower freezing; None when ``prepare_teacher`` is off."""
+    if not P["prepare_teacher"]:
+        return None
+    return _config(P, out, "teacher", teacher_path).but(
+        model={"dtype": P["teacher_dtype"], "lora": P["teacher_lora"], "freeze_vision": P["teacher_freeze_vision"]},
+        optim={"epochs": P["teacher_epochs"], "learning_rate": P["teacher_learning_rate"]})
+
+
+def models_and_processor(P: dict, out: Path) -> tuple[str, str, object, object, dict]:
+    """Teacher and student folders (``embedded:`` names built into the run folder), the student's processor (checked
+    against the teacher's: distillation compares logits token by token, so ids and pixels must agree), its collator,
+    and what each ``config.json`` says (nothing is loaded yet)."""
+    trust = P["trust_remote_code"]
+    teacher_path = resolve_model(P["teacher_model"], Path(out) / "embedded")
+    student_path = resolve_model(P["student_model"], Path(out) / "embedded")
+    processor = models.load_processor(student_path, trust_remote_code=trust)
+    collate.check_processors_agree(models.load_processor(teacher_path, trust_remote_code=trust), processor)
+    collator = collate.VQACollator(processor, pixel_bounds(P), max_length=P["max_length"])
+    described = {"teacher": adapters.describe_checkpoint(teacher_path, dtype=P["teacher_dtype"],
+                                                         quantization=P["teacher_quantization"],
+                                                         trust_remote_code=trust),
+                 "student": adapters.describe_checkpoint(student_path, dtype=P["student_dtype"],
+                                                         trust_remote_code=trust)}
+    return teacher_path, student_path, processor, collator, described
+
+
+def teacher_ref(P: dict, teacher_path: str) -> cache.TeacherRef:
+    return cache.TeacherRef(str(teacher_path), dtype=P["teacher_dtype"], quantization=P["teacher_quantization"],
+                            device_map=P["teacher_device_map"], trust_remote_code=P["trust_remote_code"])
+
+
+def unlabelled_pool(P: dict, out: Path, unlabelled: list[dict]) -> list[dict]:
+    """What the teacher answers: the data's unlabelled records, plus ``n_unlabelled`` synthetic scenes rendered with
+    01's scene settings from another seed (disjoint from every split)."""
+    data_params = read_json(Path(out) / "data_stats.json").get("params", {})
+    return unlabelled + synth.synthetic_pool(P["n_unlabelled"], data_params=data_params, seed=P["seed"])
+
+
+def teacher_answers(P: dict, out: Path, ref, collator, pool: list[dict]) -> tuple[list[dict], bool]:
+    """The teacher's greedy answers to ``pool`` (sequence-level KD), stored under ``seqkd/`` by fingerprint."""
+    return seqkd.teacher_answers(ref, collator, pool, Path(out) / "seqkd", max_new_tokens=P["teacher_answer_tokens"],
+                                 batch_size=P["batch_size"])
+
+
+def keep_answers(P: dict, out: Path, answered: list[dict]) -> tuple[list[dict], list[str]]:
+    """Pseudo-label filtering: the teacher's answers at least ``teacher_answer_min_confidence`` probable (an answer
+    the teacher itself finds improbable is more often wrong than right), and the dataset folders that hold them."""
+    kept = seqkd.confident(answered, P["teacher_answer_min_confidence"])
+    if not kept:
+        return [], []
+    if len(kept) == len(answered):
+        return kept, [str(Path(out) / "seqkd" / "data")]
+    folder = Path(out) / "seqkd" / "kept"
+    store.save_dataset({"train": kept}, folder, card={"answered_by": "teacher",
+                                                      "min_confidence": P["teacher_answer_min_confidence"]})
+    return kept, [str(folder)]
+
+
+def cache_records(labelled: list[dict], kept: list[dict], splits: dict) -> list[dict]:
+    """What the teacher cache covers: every question a KD student trains on, and the labelled validation questions
+    (its validation loss has a KD term too)."""
+    return labelled + kept + seqkd.split_labelled(splits["val"])[0]
+
+
+def build_cache(P: dict, out: Path, ref, collator, records: list[dict], vocab: int) -> tuple[str | None, dict]:
+    """The offline teacher cache when ``teacher_cache`` is on: (its folder, what it holds); (None, ...) otherwise."""
+    if not P["teacher_cache"]:
+        return None, {"teacher_cache": False}
+    folder = Path(out) / "teacher_cache"
+    cached, rebuilt = cache.ensure(ref, collator, records, folder, k=P["teacher_cache_topk"], vocab=vocab,
+                                   batch_size=P["batch_size"],
+                                   temperature=cache.tail_temperature(P["teacher_cache_tail"], P["temperature"]))
+    return str(folder), {"rebuilt": rebuilt, **{k: cached.meta[k] for k in ("fingerprint", "k", "records", "rows",
+                                                                             "shards")}}
+
+
+def student_trainings(P: dict, out: Path, *, student_path: str, teacher_path: str, cache_dir: str | None,
+                      extra_train_dirs: list[str], n_labelled: int) -> dict[str, DistillConfig]:
+    """The fair protocol's trainings, by label: the KD student; KD on the labelled questions only (when there are
+    teacher-answered ones and ``train_kd_labelled_baseline``); the SFT-only baseline (``train_sft_baseline``)."""
+    sft = _config(P, out, "sft_student", student_path)
+    kd = sft.but(label="kd_student", out_dir=str(Path(out) / "kd_student"), loss={"alpha": P["alpha"]},
+                 teacher=TeacherConfig(path=str(teacher_path), dtype=P["teacher_dtype"],
+                                       quantization=P["teacher_quantization"], device_map=P["teacher_device_map"],
+                                       cache_dir=cache_dir),
+                 onpolicy=OnPolicyConfig(P["onpolicy_lambda"], P["onpolicy_max_new_tokens"],
+                                         P["onpolicy_temperature"]))
+    plan = {"kd_student": kd.but(data={"extra_train_dirs": tuple(extra_train_dirs),
+                                       "samples_per_epoch": n_labelled if extra_train_dirs else None})}
+    if extra_train_dirs and P["train_kd_labelled_baseline"]:
+        plan["kd_labelled_student"] = kd.but(label="kd_labelled_student", out_dir=str(Path(out) / "kd_labelled_student"))
+    if P["train_sft_baseline"]:
+        plan["sft_student"] = sft
+    return plan
+
+
+def run_trainings(plan: dict[str, DistillConfig], P: dict) -> dict[str, dict]:
+    """Each training in this process, or on ``num_processes`` processes through accelerate; their histories."""
+    return {label: jobs.run_job(cfg, num_processes=P["num_processes"], config_file=P["accelerate_config"])
+            for label, cfg in plan.items()}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "pixels" else {f"{prefix}{k}": v})
+    return out
+
+
+def write_training_summary(out_dir, histories: dict, plan: dict[str, DistillConfig], *, teacher_path: str,
+                           student_path: str, params: dict) -> dict:
+    """``training.json``: which checkpoint is which model, for 03 and 04 to read (no hidden state between stages);
+    every training's whole config (``trainings``) and the protocol's settings (``protocol``). ``training`` (the model
+    card's table) is the published KD student's config, flattened, beside the protocol."""
     out_dir = Path(out_dir)
     models = {"teacher": {"path": str(teacher_path), "role": "teacher"}}
     if "kd_student" in histories:
@@ -20,26 +192,21 @@ def write_training_summary(out_dir, histories: dict, *, teacher_path: str, stude
     if "sft_student" in histories:
         models["sft_student"] = {"path": str(out_dir / "sft_student" / "best"), "role": "SFT-only student"}
     models["base_student"] = {"path": str(student_path), "role": "student's starting weights"}
-    keys = ("epochs", "batch_size", "grad_accum", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm",
-            "temperature", "alpha", "divergence", "beta", "kd_impl", "kd_chunk_size", "teacher_cache",
-            "teacher_cache_topk", "gradient_checkpointing", "student_lora", "freeze_vision", "teacher_quantization",
-            "teacher_dtype", "student_dtype", "n_unlabelled", "teacher_answer_min_confidence", "prepare_teacher",
-            "teacher_freeze_vision", "onpolicy_lambda", "num_processes", "seed")
+    protocol = {k: params[k] for k in PROTOCOL_KEYS}
+    trainings = {label: cfg.to_dict() for label, cfg in plan.items()}
+    published = plan.get("kd_student") or next(iter(plan.values()))
     summary = {"models": models, "teacher_model": params["teacher_model"], "student_model": params["student_model"],
                "embedded": params["student_model"].startswith("embedded:"),
-               "training": {k: params[k] for k in keys if k in params},
+               "protocol": protocol, "trainings": trainings,
+               "training": {**protocol, **_flat(published.resume_settings())},
                "best_val_loss": {k: h.get("best_val_loss") for k, h in histories.items()},
                "params": params}
     write_json(out_dir / "training.json", summary)
     return summary
 
 
-
-
-def summary_table(histories: dict):
+def summary_table(histories: dict) -> pd.DataFrame:
     """One row per trained model: what was trained against what, memory and speed (medians over steps)."""
-    import pandas as pd
-
     rows = {}
     for label, h in histories.items():
         models, steps = h.get("models") or {}, h["steps"]

@@ -35,3 +35,12 @@ def provenance(out_dir, trained: dict | None, own_params: dict) -> tuple[dict, d
     params = {**stats.get("params", {}), **(trained or {}).get("params", {}), **own_params}
     embedded = (trained or {}).get("embedded", True)
     return params, {"type": "synthetic" if embedded else "user", "name": "FirstSight egocentric VQA"}
+
+
+def write_predictions(out_dir, records: dict[str, list[dict]], results: dict) -> dict:
+    """``predictions.json``: every scored split's question ids and each model's answers (normal and blind), beside
+    ``metrics.json``, so a failure can be traced to its question."""
+    doc = {s: {"ids": [r["id"] for r in recs], **{n: r["answers"].get(s) for n, r in results.items()}}
+           for s, recs in records.items()}
+    fsio.write_json(Path(out_dir) / "predictions.json", doc)
+    return doc

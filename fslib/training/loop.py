@@ -2,29 +2,29 @@
 
 Runs on accelerate, so the same code runs on a CPU, one GPU (bf16 autocast) or several processes (DDP, FSDP,
 DeepSpeed; see ``fslib.training.jobs`` and configs/accelerate). The loop is short: it calls named helpers for a step, an
-evaluation and the saves.
-
-Data order is a function of (seed, epoch) alone, and every process takes its slice of each global batch
-(``EpochBatchSampler``), so a run resumed mid-epoch skips exactly the micro-batches it had consumed, and N processes
-with per-process batch B see the same global batches as one process with batch N x B.
+evaluation and the saves. Data order comes from ``fslib.training.sampler``; every setting from one
+``fslib.training.config.DistillConfig``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from fslib.core import fsio
-from fslib.core.fsio import write_json
-from fslib.engine import kd
-from fslib.engine.losspaths import LossSpec, batch_loss  # noqa: F401  (batch_loss is looked up here at call time)
-from fslib.training import checkpoint
+from fslib.core.fsio import atomic_dir, write_json
+from fslib.engine import adapters, kd, visionmemo
+from fslib.engine.losspaths import (  # batch_loss is looked up here at call time (tests patch it)
+    LossConfig,
+    batch_loss,
+)
+from fslib.training import checkpoint, onpolicy
+from fslib.training.config import DistillConfig
 from fslib.training.setup import (
     OOM_HINT,
     Run,
@@ -36,13 +36,13 @@ from fslib.training.setup import (
 
 
 @torch.no_grad()
-def evaluate_loss(student, teacher, loader, *, temperature: float, alpha: float, device, acc=None, **loss) -> dict:
+def evaluate_loss(student, teacher, loader, *, loss: LossConfig, device, acc=None, cache=None) -> dict:
     """Token-weighted mean of loss, KD and CE over a loader (summed over every process when ``acc`` is given)."""
     was_training = student.training
     student.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # loss, kd, ce (token-weighted sums) and tokens
     for batch in loader:
-        out = batch_loss(student, teacher, batch, temperature=temperature, alpha=alpha, device=device, **loss)
+        out = batch_loss(student, teacher, batch, loss=loss, device=device, cache=cache)
         sums += torch.tensor([out.loss.item() * out.n_tokens, out.kd.item() * out.n_tokens,
                               out.ce.item() * out.n_tokens, out.n_tokens], dtype=torch.float64)
     student.train(was_training)
@@ -56,52 +56,43 @@ def _reduce(acc, t: torch.Tensor) -> torch.Tensor:
     return acc.reduce(t.to(acc.device), reduction="sum").cpu()
 
 
-def train(student, teacher, processor, train_loader, val_loader, *, out_dir, epochs: int, grad_accum: int,
-          lr: float, warmup_ratio: float, weight_decay: float, max_grad_norm: float, temperature: float,
-          alpha: float, gradient_checkpointing: bool = False, label: str = "student", divergence: str = "forward_kl",
-          beta: float = 0.5, kd_impl: str = "full", kd_chunk_size: int = 1024, cache=None, save_every: int = 0,
-          resume: bool = False, report_to: str = "none", onpolicy: dict | None = None, settings: dict | None = None,
-          seed: int = 0, vision_memo_gb: float = 2.0) -> dict:
-    """Train ``student`` against ``teacher`` (a frozen model), ``cache`` (its offline top-k logits) or the labels
-    alone (both None); save ``best`` (lowest validation loss) and ``final`` to ``out_dir``; return the history.
+def train(student, teacher, processor, train_loader, val_loader, cfg: DistillConfig, *, cache=None,
+          onpolicy_collator=None) -> dict:
+    """Train ``student`` as ``cfg`` says, against ``teacher`` (a frozen model), ``cache`` (its offline top-k logits)
+    or the labels alone (both None); save ``best`` (lowest validation loss) and ``final`` to ``cfg.out_dir``; return
+    the history.
 
-    ``grad_accum`` micro-batches make an optimizer step; the epoch's last step may hold fewer, so no micro-batch
-    spills into the next epoch. Every ``save_every`` optimizer steps and at every epoch's end the full training
-    state is saved to ``out_dir/checkpoint``; ``resume=True`` continues from it (from where a SIGKILL left it).
-    ``onpolicy`` = {lambda, max_new_tokens, temperature, collator}: GKD-style student-sampled answers scored by the
-    teacher, for a share lambda of the micro-batches. Frozen vision towers' features are reused across epochs
-    (``fslib.engine.visionmemo``), up to ``vision_memo_gb`` of CPU memory per model (0: recomputed every step);
+    ``cfg.optim.grad_accum`` micro-batches make an optimizer step; the epoch's last step may hold fewer, so no
+    micro-batch spills into the next epoch. Every ``cfg.runtime.save_every`` optimizer steps and at every epoch's end
+    the full training state is saved to ``out_dir/checkpoint``; ``cfg.runtime.resume`` continues from it (from where a
+    SIGKILL left it). With ``cfg.onpolicy.onpolicy_lambda`` > 0, that share of the micro-batches is answered by the
+    student (re-collated by ``onpolicy_collator``) and scored by the teacher (GKD). Frozen vision towers' features are
+    reused across epochs (``fslib.engine.visionmemo``), up to ``cfg.runtime.vision_memo_gb`` of CPU memory per model;
     ``history["vision_memo"]`` counts the reuse.
     """
-    spec = LossSpec(temperature, alpha, divergence, beta, kd_impl, kd_chunk_size)
-    run = setup(student, teacher, processor, train_loader, val_loader, out_dir=Path(out_dir), epochs=epochs,
-                grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
-                max_grad_norm=max_grad_norm, spec=spec, cache=cache, save_every=save_every, resume=resume,
-                report_to=report_to, onpolicy=onpolicy, label=label, seed=seed, settings=settings or {},
-                gradient_checkpointing=gradient_checkpointing, vision_memo_gb=vision_memo_gb)
+    run = setup(student, teacher, processor, train_loader, val_loader, cfg, cache=cache,
+                onpolicy_collator=onpolicy_collator)
     try:
         if run.done:
             return run.history
-        for epoch in range(run.epoch, epochs + 1):
+        for epoch in range(run.epoch, cfg.optim.epochs + 1):
             _train_epoch(run, epoch)
             _end_epoch(run, epoch)
         return _finish(run)
     finally:
-        from fslib.engine import visionmemo
-
         for model in (run.student, run.teacher):
             visionmemo.remove(model)  # the models go back as they came; the memo's memory is freed
 
 
 def _train_epoch(run: Run, epoch: int) -> None:
     skip = run.position if epoch == run.epoch else 0  # optimizer steps of this epoch already done before a resume
-    run.train_loader.batch_sampler.set_epoch(epoch, skip=skip * run.grad_accum)
+    run.train_loader.batch_sampler.set_epoch(epoch, skip=skip * run.cfg.optim.grad_accum)
     run.student.train()
     teacher_in_eval(run.teacher)
-    bar = tqdm(total=run.steps_per_epoch, initial=skip, desc=f"{run.label} epoch {epoch}/{run.epochs}",
+    bar = tqdm(total=run.steps_per_epoch, initial=skip, desc=f"{run.cfg.label} epoch {epoch}/{run.cfg.optim.epochs}",
                leave=False, disable=not run.acc.is_local_main_process)
     ready = time.perf_counter()
-    for i, group in enumerate(_groups(run.train_loader, run.grad_accum), start=skip + 1):
+    for i, group in enumerate(_groups(run.train_loader, run.cfg.optim.grad_accum), start=skip + 1):
         data_seconds = time.perf_counter() - ready  # collating this step's micro-batches (processor, pixels)
         try:
             record = {**_optimizer_step(run, group), "data_seconds": data_seconds}
@@ -112,15 +103,16 @@ def _train_epoch(run: Run, epoch: int) -> None:
         run.acc.log({f"train/{k}": v for k, v in record.items() if v is not None}, step=run.step)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         bar.update()
-        if run.save_every and run.step % run.save_every == 0 and i < run.steps_per_epoch:
+        save_every = run.cfg.runtime.save_every
+        if save_every and run.step % save_every == 0 and i < run.steps_per_epoch:
             _save_resume(run, epoch, i)
         ready = time.perf_counter()
     bar.close()
 
 
 def _end_epoch(run: Run, epoch: int) -> None:
-    val = evaluate_loss(run.student, run.teacher, run.val_loader, device=run.acc.device, acc=run.acc, cache=run.cache,
-                        **run.loss_kwargs())
+    val = evaluate_loss(run.student, run.teacher, run.val_loader, loss=run.cfg.loss, device=run.acc.device,
+                        acc=run.acc, cache=run.cache)
     run.history["epochs"].append({"epoch": epoch, "step": run.step, **{f"val_{k}": v for k, v in val.items()},
                                   **_epoch_train_means(run.history["steps"], epoch), "peak_memory_bytes": peak_memory()})
     run.acc.log({f"val/{k}": v for k, v in val.items()}, step=run.step)
@@ -139,21 +131,17 @@ def _finish(run: Run) -> dict:
     run.history["vision_memo"] = {name: memo.stats() for name, memo in run.memos.items()}
     if run.acc.is_main_process:
         write_json(run.out_dir / "training_history.json", run.history)
-    _save_resume(run, run.epochs + 1, 0, done=True)
+    _save_resume(run, run.cfg.optim.epochs + 1, 0, done=True)
     run.acc.end_training()
     return run.history
 
 
 def _save_model(run: Run, name: str) -> None:
     """``best`` / ``final`` as plain from_pretrained folders (LoRA merged), written atomically by the main process."""
-    from fslib.engine import adapters
-
     state = run.acc.get_state_dict(run.student)  # a collective under FSDP / ZeRO-3: every process calls it
     if run.acc.is_main_process:
-        out = run.out_dir / name
-        tmp = fsio.fresh_tmp(out)
-        adapters.save_pretrained(run.acc.unwrap_model(run.student), state, run.processor, tmp)
-        fsio.replace_dir(tmp, out)
+        with atomic_dir(run.out_dir / name) as tmp:
+            adapters.save_pretrained(run.acc.unwrap_model(run.student), state, run.processor, tmp)
     run.acc.wait_for_everyone()
 
 
@@ -178,16 +166,14 @@ def _groups(loader, grad_accum: int):
 
 def _micro_loss(run: Run, batch: dict, micro: int) -> kd.KDLoss:
     """One micro-batch's loss; with probability lambda (GKD) the batch is first answered by the student itself."""
-    onpolicy, alpha = run.onpolicy, None
-    if onpolicy and random.Random(f"{run.seed}-{run.step}-{micro}").random() < onpolicy["lambda"]:
-        from fslib.training import onpolicy
-
-        batch = onpolicy.onpolicy_batch(run.acc.unwrap_model(run.student), batch, onpolicy["collator"],
-                                     max_new_tokens=onpolicy["max_new_tokens"], temperature=onpolicy["temperature"],
-                                     device=run.acc.device)
-        alpha = 1.0  # the student's own samples have no reference: divergence only, as in GKD
-    return batch_loss(run.student, run.teacher, batch, device=run.acc.device, cache=run.cache,
-                      **run.loss_kwargs(alpha))
+    loss, op = run.cfg.loss, run.cfg.onpolicy
+    draw = random.Random(f"{run.cfg.optim.seed}-{run.step}-{micro}").random() if op.onpolicy_lambda > 0 else 1.0
+    if draw < op.onpolicy_lambda:
+        batch = onpolicy.onpolicy_batch(run.acc.unwrap_model(run.student), batch, run.onpolicy_collator,
+                                        max_new_tokens=op.onpolicy_max_new_tokens,
+                                        temperature=op.onpolicy_temperature, device=run.acc.device)
+        loss = dataclasses.replace(loss, alpha=1.0)  # the student's own samples have no reference: divergence only
+    return batch_loss(run.student, run.teacher, batch, loss=loss, device=run.acc.device, cache=run.cache)
 
 
 def _optimizer_step(run: Run, group: list[dict]) -> dict:
@@ -215,7 +201,7 @@ def _optimizer_step(run: Run, group: list[dict]) -> dict:
         raise FloatingPointError(f"non-finite loss at step {run.step + 1} (loss={loss}, kd={kd_}, ce={ce}); stopped "
                                  f"before the update. Last good checkpoint: {run.last_checkpoint}. Lower the learning "
                                  "rate or check the data, then resume")
-    grad_norm = acc.clip_grad_norm_(run.student.parameters(), run.max_grad_norm)
+    grad_norm = acc.clip_grad_norm_(run.student.parameters(), run.cfg.optim.max_grad_norm)
     run.opt.step()
     run.sched.step()
     run.opt.zero_grad(set_to_none=True)

@@ -13,19 +13,20 @@ from fslib.core import fsio
 from fslib.engine import adapters
 from fslib.engine.labels import counted
 from fslib.training import checkpoint
+from fslib.training.config import TRACKERS, DistillConfig
 
 OOM_HINT = ("Out of memory. Change, in this order: kd_impl to chunked (and lower kd_chunk_size), batch_size (raising "
             "grad_accum keeps the effective batch), gradient_checkpointing to True, teacher_quantization to int8 or "
             "nf4 (or teacher_cache to True, which needs no teacher in memory), student_lora to True, max_length or "
             "the pixel bounds.")
-TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 
 
 @dataclass
 class Run:
-    """The state of one training run, shared by the loop's helpers."""
+    """The state of one training run, shared by the loop's helpers; ``cfg`` is the training's whole config."""
 
     acc: object
+    cfg: DistillConfig
     student: object
     teacher: object
     cache: object
@@ -34,15 +35,7 @@ class Run:
     sched: object
     train_loader: object
     val_loader: object
-    out_dir: Path
-    spec: object
-    label: str
-    epochs: int
-    grad_accum: int
-    max_grad_norm: float
-    save_every: int
-    onpolicy: dict | None
-    seed: int
+    onpolicy_collator: object
     settings: dict
     steps_per_epoch: int
     history: dict = field(default_factory=dict)
@@ -54,10 +47,9 @@ class Run:
     last_checkpoint: str = "none yet"
     memos: dict = field(default_factory=dict)  # fslib.engine.visionmemo per model ("student", "teacher")
 
-    def loss_kwargs(self, alpha: float | None = None) -> dict:
-        s = self.spec
-        return dict(temperature=s.temperature, alpha=s.alpha if alpha is None else alpha, divergence=s.divergence,
-                    beta=s.beta, kd_impl=s.impl, kd_chunk_size=s.chunk_size)
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.out_dir)
 
 
 def answer_tokens(batch: dict) -> int:
@@ -107,18 +99,14 @@ def _sharded(acc) -> bool:
         acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3)
 
 
-def _check_engine(acc, spec, cache, onpolicy) -> None:
+def _check_engine(acc, cfg: DistillConfig, cache) -> None:
     """Refuse combinations an engine cannot run, before any work."""
     sharded = _sharded(acc)
-    if sharded and spec.impl == "chunked":
+    if sharded and cfg.loss.kd_impl == "chunked":
         raise ValueError("kd_impl chunked reads the student's whole lm_head weight, which FSDP and ZeRO-3 shard; use "
                          "kd_impl full there (or DDP / ZeRO-2), or teacher_cache, which needs no teacher logits")
-    if onpolicy and onpolicy.get("lambda", 0) > 0:
-        if cache is not None:
-            raise ValueError("on-policy mixing needs a live teacher to score the student's samples; set "
-                             "teacher_cache to False or onpolicy_lambda to 0")
-        if sharded:
-            raise ValueError("on-policy sampling generates with the whole student; not under FSDP / ZeRO-3")
+    if cfg.onpolicy.onpolicy_lambda > 0 and sharded:
+        raise ValueError("on-policy sampling generates with the whole student; not under FSDP / ZeRO-3")
 
 
 def _optimizer(model, *, lr, weight_decay, warmup_ratio, total_steps):
@@ -171,33 +159,32 @@ def _place_teacher(teacher, device) -> None:
         teacher.to(device)
 
 
-def setup(student, teacher, processor, train_loader, val_loader, *, out_dir: Path, epochs, grad_accum, lr,
-          warmup_ratio, weight_decay, max_grad_norm, spec, cache, save_every, resume, report_to, onpolicy, label,
-          seed, settings, gradient_checkpointing, vision_memo_gb: float = 0.0) -> Run:
-    acc = accelerator(out_dir, report_to)
-    _check_engine(acc, spec, cache, onpolicy)
-    if gradient_checkpointing and not adapters.is_checkpointing(student):
+def setup(student, teacher, processor, train_loader, val_loader, cfg: DistillConfig, *, cache=None,
+          onpolicy_collator=None) -> Run:
+    out_dir, optim = Path(cfg.out_dir), cfg.optim
+    acc = accelerator(out_dir, cfg.runtime.report_to)
+    _check_engine(acc, cfg, cache)
+    if cfg.model.gradient_checkpointing and not adapters.is_checkpointing(student):
         adapters.enable_checkpointing(student)
     for loader in (train_loader, val_loader):
         loader.batch_sampler.shard(acc.process_index, acc.num_processes)
-    steps_per_epoch = math.ceil(len(train_loader) / grad_accum)
+    steps_per_epoch = math.ceil(len(train_loader) / optim.grad_accum)
     student, opt, sched = _prepare(acc, student, batch_size=train_loader.batch_sampler.batch_size,
-                                   max_grad_norm=max_grad_norm, lr=lr, weight_decay=weight_decay,
-                                   warmup_ratio=warmup_ratio, total_steps=epochs * steps_per_epoch)
+                                   max_grad_norm=optim.max_grad_norm, lr=optim.learning_rate,
+                                   weight_decay=optim.weight_decay, warmup_ratio=optim.warmup_ratio,
+                                   total_steps=optim.epochs * steps_per_epoch)
     _place_teacher(teacher, acc.device)
-    settings = {**settings, "label": label, "epochs": epochs, "grad_accum": grad_accum, "lr": lr,
-                "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
-                "loss": vars(spec), "cached": cache is not None, "onpolicy": {k: v for k, v in (onpolicy or {}).items()
-                                                                              if k != "collator"},
-                "n_train": len(train_loader.dataset), "batch_size": train_loader.batch_sampler.batch_size,
-                "processes": acc.num_processes, "engine": acc.distributed_type.value, "seed": seed}
-    run = Run(acc, student, teacher, cache, processor, opt, sched, train_loader, val_loader, out_dir, spec, label,
-              epochs, grad_accum, max_grad_norm, save_every, onpolicy, seed, settings, steps_per_epoch,
-              history={"label": label, "steps": [], "epochs": [], "best_val_loss": None, "settings": settings})
-    _restore(run, resume)
-    if report_to != "none":
-        acc.init_trackers(label, config={k: str(v) for k, v in settings.items()})
-    run.memos = _install_memos(acc, student, teacher, vision_memo_gb)  # last: a failed setup leaves no memo behind
+    # What a resume must match: the whole config (runtime aside) and what the engine and data made of it.
+    settings = {**cfg.resume_settings(), "cached": cache is not None, "n_train": len(train_loader.dataset),
+                "processes": acc.num_processes, "engine": acc.distributed_type.value}
+    run = Run(acc, cfg, student, teacher, cache, processor, opt, sched, train_loader, val_loader, onpolicy_collator,
+              settings, steps_per_epoch,
+              history={"label": cfg.label, "steps": [], "epochs": [], "best_val_loss": None, "settings": settings,
+                       "config": cfg.to_dict()})
+    _restore(run, cfg.runtime.resume)
+    if cfg.runtime.report_to != "none":
+        acc.init_trackers(cfg.label, config={k: str(v) for k, v in settings.items()})
+    run.memos = _install_memos(acc, student, teacher, cfg.runtime.vision_memo_gb)  # last: a failed setup leaves none
     return run
 
 

@@ -2,8 +2,8 @@
 
 ``Qwen/Qwen2-VL-7B-Instruct`` and ``-2B-Instruct`` arrive with a vision tower trained on billions of images and a
 language model already taught to read it. The embedded pair is built from random weights, and the few hundred
-question-answer pairs of the tiny default cannot teach a random tower to see: before this module existed the tiny
-teacher answered from the question text alone (its accuracy equalled the blind control's). Each embedded model is
+question-answer pairs of the tiny default cannot teach a random tower to see: without pre-training the tiny
+teacher answers from the question text alone (its accuracy equals the blind control's). Each embedded model is
 therefore pre-trained once, when it is built, in two stages:
 
 1. **Vision** (as CLIP/DFN pre-training): the vision tower and its merger learn to *label every visual token*: which
@@ -32,9 +32,9 @@ import torch
 
 from fslib.world import synth
 
-# Part of each embedded build's cache key (fslib.engine.models): bump it whenever a code change alters what pre-training
-# computes, so no machine keeps serving a build of the old code. 2: the loss projects logits only at answer positions
-# (fslib.engine.losspaths), which changes the alignment stage's float rounding and so the language models' weights.
+# Part of each embedded build's cache key (fslib.world.embedded): bump it whenever a code change alters what pre-training
+# computes, so no machine keeps serving a build of older code. Float rounding counts: which positions the loss projects
+# logits at (fslib.engine.losspaths) changes the alignment stage's rounding and so the language models' weights.
 PRETRAIN_VERSION = 2
 CAPTION_PROMPT = "Describe what I see."
 POSITIONS = ("col_left", "col_centre", "col_right", "row_top", "row_middle", "row_bottom")
@@ -171,7 +171,14 @@ def align(model, processor, *, captions: int, questions: int, epochs: int, lr: f
     Runs the project's own training loop (``fslib.training.loop.train`` with alpha = 0), so it is the code path of 02.
     """
     from fslib.engine import collate
+    from fslib.engine.losspaths import LossConfig
     from fslib.training import loop, sampler
+    from fslib.training.config import (
+        DataConfig,
+        DistillConfig,
+        ModelConfig,
+        OptimConfig,
+    )
 
     records = alignment_records(captions=captions + 64, questions=questions, seed=seed)
     held = records[:64]  # validation: 64 captions
@@ -180,12 +187,14 @@ def align(model, processor, *, captions: int, questions: int, epochs: int, lr: f
     collator = collate.VQACollator(processor, pixels, max_length=256)
     model.model.visual.requires_grad_(False)
     with tempfile.TemporaryDirectory(prefix="firstsight-align-") as tmp:
+        cfg = DistillConfig(label="pre-training: alignment", out_dir=tmp, model=ModelConfig(path=""),
+                            data=DataConfig(data_dir="", pixels=pixels, max_length=256),
+                            loss=LossConfig(temperature=1.0, alpha=0.0),
+                            optim=OptimConfig(epochs=epochs, batch_size=batch_size, grad_accum=1, learning_rate=lr,
+                                              warmup_ratio=0.05, weight_decay=0.0, max_grad_norm=1.0, seed=seed))
         history = loop.train(model, None, processor,
-                              sampler.make_loader(records[64:], collator, batch_size=batch_size, shuffle=True, seed=seed),
-                              sampler.make_loader(held, collator, batch_size=batch_size, shuffle=False, seed=seed),
-                              out_dir=tmp, epochs=epochs, grad_accum=1, lr=lr, warmup_ratio=0.05, weight_decay=0.0,
-                              max_grad_norm=1.0, temperature=1.0, alpha=0.0, label="pre-training: alignment",
-                              seed=seed)
+                             sampler.make_loader(records[64:], collator, batch_size=batch_size, shuffle=True, seed=seed),
+                             sampler.make_loader(held, collator, batch_size=batch_size, shuffle=False, seed=seed), cfg)
     model.requires_grad_(True)
     return {"records": len(records) - 64, "val_loss": [round(e["val_loss"], 4) for e in history["epochs"]]}
 

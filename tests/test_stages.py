@@ -1,0 +1,57 @@
+"""01's, 03's and 04's decisions (``fslib.stages``), on the shipped params where they apply."""
+
+import json
+
+import pytest
+
+from fslib.core import config
+from fslib.stages import data, publish
+from fslib.stages import evaluate as evaluate_stage
+
+
+@pytest.fixture()
+def P():
+    return {**config.default_params(), **config.load_params(config.REPO_ROOT / "params" / "tiny.yaml")}
+
+
+def test_synthetic_splits_follow_the_scene_params(P):
+    splits, skipped = data.build_splits({**P, "n_train": 4, "n_val": 2, "n_test": 3, "n_ood": 1})
+    assert {k: len(v) for k, v in splits.items()} == {"train": 4, "val": 2, "test": 3, "ood": 1} and skipped == []
+    assert all(r["image"].size == (P["image_size"], P["image_size"]) for r in splits["train"] if r["image"] is not None)
+
+
+def test_user_data_goes_through_the_loaders(P, tmp_path, small_splits):
+    rows = []
+    for i, r in enumerate(small_splits["train"][:6]):
+        if r["image"] is None:
+            continue
+        r["image"].save(tmp_path / f"{i}.png")
+        rows.append({"image": f"{i}.png", "question": r["question"], "answer": r["answer"]})
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    splits, _ = data.build_splits({**P, "data_source": str(tmp_path / "mine.jsonl"), "val_fraction": 0.2,
+                                   "test_fraction": 0.2})
+    assert sum(len(v) for v in splits.values()) == len(rows) and "train" in splits
+
+
+def test_stats_and_card_name_the_source(P, tmp_path, small_splits):
+    data.save(P, tmp_path, small_splits)
+    assert "synthetic" in (tmp_path / "data" / "README.md").read_text()
+    tokens = {s: {"text_tokens": [10] * len(v), "visual_tokens": [4] * len(v)} for s, v in small_splits.items()}
+    data.write_stats(P, tmp_path, small_splits, tokens, [])
+    written = json.loads((tmp_path / "data_stats.json").read_text())
+    assert written["params"]["data_source"] == "synthetic" and written["environment"]["git_sha"]
+
+
+def test_predictions_hold_each_split_ids_and_answers(tmp_path):
+    records = {"test": [{"id": "a"}, {"id": "b"}]}
+    results = {"student": {"answers": {"test": {"normal": ["1", "2"]}}}, "student_int8": {"answers": {}}}
+    doc = evaluate_stage.write_predictions(tmp_path, records, results)
+    assert doc == json.loads((tmp_path / "predictions.json").read_text())
+    assert doc["test"] == {"ids": ["a", "b"], "student": {"normal": ["1", "2"]}, "student_int8": None}
+
+
+def test_the_published_checkpoint_is_named_in_training_json():
+    trained = {"models": {"student": {"path": "/r/kd_student/best"}, "sft_student": {"path": "/r/sft/best"}}}
+    assert publish.checkpoint_of(trained, "student") == "/r/kd_student/best"
+    with pytest.raises(KeyError, match="trained: student, sft_student"):
+        publish.checkpoint_of(trained, "kd")
