@@ -7,7 +7,7 @@ PARAMS ?= params/tiny.yaml
 RUN ?= tiny
 LAB_PORT ?= 8888
 
-.PHONY: report test lab readme compare check-report nbdime clean-reports
+.PHONY: report test test-fast lab readme compare check-report nbdime clean-reports
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ $(STAMP): pyproject.toml constraints.txt
 report: $(STAMP)  ## run the four notebooks on $(PARAMS); writes reports/<run>/index.html and reports/index.html
 	$(PY) -m fslib.pipeline $(PARAMS)
 
-test: $(STAMP)  ## the test suite (GPU tests are skipped without a GPU; the Chromium test needs `chromium`)
+test: $(STAMP)  ## the import layers, then the test suite (GPU tests are skipped without a GPU; the Chromium test needs `chromium`)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)  ## the import layers, then the tests not marked slow (no papermill run, no subprocess, no tiny_run)
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -m "not slow"
 
 # Kernels start in the repository root (fslib.stages.lab), as under papermill, so the notebooks' defaults find reports/.
 lab: $(STAMP)  ## JupyterLab on http://127.0.0.1:$(LAB_PORT) with the project's kernel

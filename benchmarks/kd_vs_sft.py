@@ -1,4 +1,4 @@
-"""Does distillation beat plain fine-tuning? The tiny default over several seeds, the fair protocol of issue 4.
+"""Does distillation beat plain fine-tuning? The tiny default over several seeds, KD and SFT given equal steps.
 
     .venv/bin/python benchmarks/kd_vs_sft.py                      # seeds 0 1 2, params/tiny.yaml (12 min, 2 cores)
     .venv/bin/python benchmarks/kd_vs_sft.py --seeds 0 --params params/tiny.yaml

@@ -50,7 +50,7 @@ def _timed_step(student, opt, batch: dict, p: dict, **source) -> tuple[float, fl
     wall, cpu = time.perf_counter(), time.process_time()
     out = losspaths.batch_loss(student, batch=batch, loss=LossConfig(temperature=p["temperature"], alpha=p["alpha"], divergence=p["divergence"], beta=p["beta"], kd_impl=p["kd_impl"], kd_chunk_size=p["kd_chunk_size"]), device="cpu", **source)
     out.loss.backward()
-    torch.nn.utils.clip_grad_norm_(adapters.parameters(), p["max_grad_norm"])
+    torch.nn.utils.clip_grad_norm_(student.parameters(), p["max_grad_norm"])
     opt.step()
     opt.zero_grad(set_to_none=True)
     return time.perf_counter() - wall, time.process_time() - cpu

@@ -33,6 +33,17 @@ def test_unknown_key_names_file_line_and_valid_keys(tmp_path):
     assert f"{bad}:2" in msg and "'lerning_rate'" in msg and "learning_rate" in msg
 
 
+def test_unknown_key_suggests_the_closest_valid_one(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lerning_rate: 0.001\n")
+    with pytest.raises(config.ParamsError, match=r"Did you mean 'learning_rate'\?"):
+        config.load_params(bad)
+    bad.write_text("zzzqqq: 1\n")  # nothing close: no suggestion, only the list of valid keys
+    with pytest.raises(config.ParamsError, match="unknown parameter 'zzzqqq'") as e:
+        config.load_params(bad)
+    assert "Did you mean" not in str(e.value)
+
+
 def test_mistyped_value_is_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: three\n")
@@ -77,7 +88,7 @@ def test_parameter_cells_follow_the_convention():
         assert len(headings) >= 3, nb
 
 
-def test_real_run_matches_the_seed_guide():
+def test_real_run_uses_the_real_pair_settings():
     p = yaml.safe_load(Path(fsio.REPO_ROOT, "params", "qwen2vl-7b-to-2b.yaml").read_text())
     assert p["teacher_model"] == "Qwen/Qwen2-VL-7B-Instruct" and p["student_model"] == "Qwen/Qwen2-VL-2B-Instruct"
     assert (p["teacher_quantization"], p["temperature"], p["alpha"], p["learning_rate"]) == ("int8", 3.0, 0.7, 1e-4)

@@ -30,7 +30,7 @@ def test_four_notebooks_end_to_end(tiny_run):
         nb = json.loads((run / "notebooks" / f"{stage}.ipynb").read_text())
         assert not nb["metadata"]["papermill"].get("exception")
     for f in ("data_stats.json", "training.json", "kd_student/training_history.json", "hub/README.md",
-              "hub/model.safetensors", "hub/params.json", "hub/generation_config.json", "hub/chat_template.jinja",
+              "hub/model.safetensors", "hub/config.json", "hub/generation_config.json", "hub/chat_template.jinja",
               "index.html", "../index.html"):
         assert (run / f).exists(), f
     # The published folders: their cards carry metrics.json's numbers (04 already loaded each in a fresh process).

@@ -17,7 +17,7 @@ from fslib.publishing import card, hub
 
 
 def fake_metrics(**student) -> dict:
-    """A metrics.json as 03 writes it (schema of issue 5), with a few keys missing on purpose."""
+    """A metrics.json as 03 writes it, with a few keys missing on purpose."""
     base = {"exact_match": 0.5, "exact_match_ci": [0.25, 0.75], "f1": 0.625, "rouge_l": 0.6, "bleu": 12.5,
             "params": 430208, "ttft_s": 0.0123, "decode_s_per_token": 0.00456, "latency_s": 0.05,
             "weights_bytes": 1720992, "peak_bytes": 1153523712, "throughput": {"1": 6.3}}
@@ -99,6 +99,7 @@ def hub_folder(student_path, tmp_path_factory):
                                    max_shard_size="300KB"), metrics
 
 
+@pytest.mark.slow
 def test_hub_folder_is_sharded_complete_and_loads_in_a_fresh_process(hub_folder, small_splits, tmp_path):
     folder, metrics = hub_folder
     index = json.loads((folder / "model.safetensors.index.json").read_text())
@@ -164,6 +165,7 @@ def test_push_refuses_a_repo_id_without_owner(hub_folder):
         hub.push(hub_folder[0], repo_id="", private=True, commit_message="m")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["nf4", "int8"])
 def test_quantized_export_saves_and_loads(student_path, tmp_path, method):
     out = hub.export_quantized(student_path, tmp_path / method, method)
@@ -193,7 +195,7 @@ def test_measured_variants_are_exported_once_and_redone_after_retraining(student
                                           "dtype": "float32"},
                           "teacher_int8": {"path": "x", "variant_of": "teacher", "quantization": "int8"}}}
     (tmp_path / "run" / "exports" / "old_int4").mkdir(parents=True)
-    (tmp_path / "run" / "exports" / "old_int4" / "params.json").write_text("{}")
+    (tmp_path / "run" / "exports" / "old_int4" / "config.json").write_text("{}")
     found, unmeasured = hub.measured_variants(tmp_path / "run", metrics, "student")
     assert list(found) == ["student_nf4"] and unmeasured == ["old_int4"]  # only the published model's variants
     weights = found["student_nf4"] / "model.safetensors"

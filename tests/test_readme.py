@@ -36,6 +36,7 @@ def test_headline_is_generated_not_typed():
     assert "make readme" in block and "metrics.json" in block
 
 
+@pytest.mark.slow
 def test_headline_block_reads_a_run(tiny_run):
     block = readme.headline_block(tiny_run / "metrics.json")
     metrics = json.loads((tiny_run / "metrics.json").read_text())
@@ -43,6 +44,7 @@ def test_headline_block_reads_a_run(tiny_run):
     assert "| student | KD student (labelled + teacher-answered questions) |" in block
 
 
+@pytest.mark.slow
 def test_update_rewrites_only_the_marked_blocks(tmp_path, tiny_run):
     path = tmp_path / "README.md"
     path.write_text("intro\n<!-- BEGIN generated:params (make readme) -->\nSTALE-CONTENT\n<!-- END generated:params -->\n"

@@ -39,6 +39,24 @@ def test_remote_refs_finds_fetches_but_not_links():
                                              "http://i.x/s.css", "https://m.x/m.mjs"])
 
 
+def test_headline_table_scrolls_in_its_own_box(tmp_path):
+    """A wide headline table scrolls inside a box of the page's width instead of widening the page."""
+    import nbformat
+
+    run = tmp_path / "r"
+    (run / "notebooks").mkdir(parents=True)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# FirstSight 01\n\n## Check")])
+    nbformat.write(nb, run / "notebooks" / "01_data.ipynb")
+    models = {name: {"role": name, **{k: 0.5 for k in formatting.HEADLINE}} for name in ("teacher", "student")}
+    (run / "metrics.json").write_text(json.dumps({"models": models}))
+    page = site.render_run([run / "notebooks" / "01_data.ipynb"], run / "index.html", title="t").read_text()
+    assert re.search(r'<div class="fs-scroll">\s*<table class="fs-table" id="headline">', page)
+    assert re.search(r"\.fs-scroll\s*\{[^}]*max-width:\s*100%[^}]*overflow-x:\s*auto", page)
+    index = site.render_index(tmp_path).read_text()
+    assert '<div class="fs-scroll"><table class="fs-table" id="runs">' in index and ".fs-scroll" in index
+
+
+@pytest.mark.slow
 def test_report_page_is_self_contained(tiny_run):
     page = (tiny_run / "index.html").read_text()
     assert site.remote_refs(page) == []
@@ -54,6 +72,7 @@ def test_report_page_is_self_contained(tiny_run):
         assert f"<td>{name}</td>" in page
 
 
+@pytest.mark.slow
 def test_runs_index_lists_every_run_with_its_headline(tiny_run):
     index = (tiny_run.parent / "index.html").read_text()
     metrics = json.loads((tiny_run / "metrics.json").read_text())
@@ -63,6 +82,7 @@ def test_runs_index_lists_every_run_with_its_headline(tiny_run):
     assert formatting.fmt("params", student["params"]) in index
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(browser.find_chromium() is None,
                     reason="chromium is not installed (Debian: apt-get install -y chromium; .ci/run installs it)")
 def test_report_renders_in_headless_chromium_without_network(tiny_run, tmp_path):
@@ -79,6 +99,7 @@ def test_report_renders_in_headless_chromium_without_network(tiny_run, tmp_path)
     assert shot.stat().st_size > 50_000
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(browser.find_chromium() is None, reason="chromium is not installed")
 def test_browser_check_catches_a_page_that_fetches(tmp_path):
     page = tmp_path / "bad.html"
@@ -90,6 +111,7 @@ def test_browser_check_catches_a_page_that_fetches(tmp_path):
     assert "network requests" in bad and "traceback" in bad and "no headline" in bad
 
 
+@pytest.mark.slow
 def test_compare_lists_metric_and_param_differences(tiny_run, tmp_path):
     other = tmp_path / "other"
     (other / "notebooks").mkdir(parents=True)

@@ -73,6 +73,7 @@ def test_limits_name_the_source_split_and_record():
     assert [s["reason"].split(":")[0] for s in skipped] == ["record 'b'", "record 'c'"]
 
 
+@pytest.mark.slow
 def test_01_builds_the_dataset_from_your_jsonl_and_lists_skipped_records(tmp_path):
     import papermill as pm
 

@@ -55,3 +55,13 @@ def test_the_published_checkpoint_is_named_in_training_json():
     assert publish.checkpoint_of(trained, "student") == "/r/kd_student/best"
     with pytest.raises(KeyError, match="trained: student, sft_student"):
         publish.checkpoint_of(trained, "kd")
+
+
+@pytest.mark.parametrize("source, kind, name", [("synthetic", "synthetic", "FirstSight egocentric VQA"),
+                                                ("/data/my_vqa.jsonl", "user", "my_vqa.jsonl")])
+def test_provenance_comes_from_01s_data_source_not_the_models(tmp_path, source, kind, name):
+    (tmp_path / "data_stats.json").write_text(json.dumps({"params": {"data_source": source, "seed": 0}}))
+    trained = {"embedded": True, "params": {"alpha": 0.7}}  # the embedded pair, whatever the data
+    params, dataset = evaluate_stage.provenance(tmp_path, trained, {"eval_split": "test"})
+    assert dataset["type"] == kind and dataset["name"] == name and dataset["source"] == source
+    assert params == {"data_source": source, "seed": 0, "alpha": 0.7, "eval_split": "test"}

@@ -22,6 +22,7 @@ def files_containing(root: Path, needle: str) -> list[str]:
     return hits
 
 
+@pytest.mark.slow
 def test_no_token_in_any_file_of_a_run_with_push_false(tiny_run):
     # tiny_run ran with HF_TOKEN=FAKE_HF_TOKEN in the environment of every kernel and subprocess.
     assert files_containing(tiny_run.parent, FAKE_HF_TOKEN) == []

@@ -43,7 +43,7 @@ def load_splits(source: str, *, fmt: str = "auto", on_bad_sample: str = "error",
             recs, bad = load_user_data(source, "hf", on_bad_sample, split=found) if found else ([], [])
             out[split], skipped = recs, skipped + bad
         if out["val"] and out["test"]:
-            return _tagged(out), skipped
+            return check_unique_ids(_tagged(out), source), skipped
         records = out["train"] + out["val"] + out["test"]
     else:
         kwargs = {"max_frames": max_frames} if fmt != "hf" and detect_format(source) != "hf" else {}
@@ -57,7 +57,23 @@ def load_splits(source: str, *, fmt: str = "auto", on_bad_sample: str = "error",
     pick = lambda idx: [labelled[i] for i in idx]  # noqa: E731
     out = {"train": pick(order[n_val + n_test:]) + [r for r in records if r.get("answer") is None],
            "val": pick(order[:n_val]), "test": pick(order[n_val:n_val + n_test])}
-    return _tagged(out), skipped
+    return check_unique_ids(_tagged(out), source), skipped
+
+
+def check_unique_ids(splits: dict, source: str) -> dict:
+    """``splits`` as they are when every record id is unique across all of them; otherwise a ``DataError`` naming
+    the ids that collide and their splits (the teacher cache, the teacher's answers and predictions.json key by id)."""
+    where: dict[str, list[str]] = {}
+    for name, recs in splits.items():
+        for r in recs:
+            where.setdefault(r["id"], []).append(name)
+    dup = {rid: names for rid, names in where.items() if len(names) > 1}
+    if dup:
+        shown = "; ".join(f"{rid!r} ({', '.join(names)})" for rid, names in list(dup.items())[:5])
+        raise store.DataError(source, None, f"{len(dup)} record id(s) occur more than once: {shown}"
+                              + (" ..." if len(dup) > 5 else "") + ". Give each record its own 'id' (JSONL/LLaVA) "
+                              "or drop the duplicated rows")
+    return splits
 
 
 def _tagged(splits: dict) -> dict:

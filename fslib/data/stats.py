@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-import matplotlib.pyplot as plt
+import matplotlib
+
+# Off-screen drawing: figures are returned and shown by the notebook (fslib/__init__ renders them as PNG).
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 from tqdm.auto import tqdm
 
 

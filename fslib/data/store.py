@@ -341,7 +341,7 @@ def load_hf_vlm(path_or_id, *, split: str | None = None, on_bad_sample: str = "e
                 raise _Bad("'messages' must be a list")
             turns = [(_role(m, "role"), _message_text(m.get("content"))) for m in row["messages"]]
             image = images[0].convert("RGB")
-            records += [_user_record(f"{name}-{i}-t{k}", q, a, image=image)
+            records += [_user_record(f"{name}-{split}-{i}-t{k}" if split else f"{name}-{i}-t{k}", q, a, image=image)
                         for k, (q, a) in enumerate(_turn_pairs(turns))]
         except _Bad as exc:
             bad_sample(DataError(path_or_id, i, str(exc)), on_bad_sample, skipped)

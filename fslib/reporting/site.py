@@ -37,6 +37,11 @@ def html_table(header: list[str] | None, rows: list[list], *, cls: str = "fs-tab
     return f'<table class="{cls}"{ident}>{head}<tbody>{body}</tbody></table>'
 
 
+def scroll_box(table: str) -> str:
+    """A table in a box that scrolls sideways when the table is wider than the page (CSS ``.fs-scroll``)."""
+    return f'<div class="fs-scroll">{table}</div>'
+
+
 def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -107,7 +112,7 @@ def headline_html(metrics: dict, run: str) -> str:
     header, rows = formatting.table_rows(metrics)
     protocol = metrics.get("protocol", {}).get("summary", "")
     parts = ['<h2 id="headline-metrics">Headline metrics</h2>', f"<p>{_inline(formatting.summary_line(metrics, run))}</p>",
-             html_table(header, rows, id="headline"),
+             scroll_box(html_table(header, rows, id="headline")),
              '<p class="fs-note">Accuracy: greedy answers scored against the reference and its aliases; the full '
              "table with F1, ROUGE-L, BLEU and the blind control is in section 3. Memory in MiB.</p>",
              f'<p class="fs-note fs-protocol">{esc(protocol)}</p>' if protocol else ""]
@@ -202,7 +207,7 @@ def render_index(reports_dir: str | Path) -> Path:
         when = dt.datetime.fromtimestamp((run / "metrics.json").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         for name, m in metrics.get("models", {}).items():
             rows.append([run.name, name, m.get("role", "")] + [formatting.fmt(k, m.get(k)) for k in keys] + [when])
-    table = html_table(header, rows, id="runs")
+    table = scroll_box(html_table(header, rows, id="runs"))
     for run in runs:  # link each run's first cell to its report
         table = table.replace(f"<tr><td>{esc(run.name)}</td>",
                               f'<tr><td><a href="{esc(run.name)}/index.html">{esc(run.name)}</a></td>')

@@ -209,8 +209,8 @@ def summary_table(histories: dict) -> pd.DataFrame:
     """One row per trained model: what was trained against what, memory and speed (medians over steps)."""
     rows = {}
     for label, h in histories.items():
-        models, steps = h.get("models") or {}, h["steps"]
-        s, t = models.get("student") or {}, models.get("teacher")
+        described, steps = h.get("models") or {}, h["steps"]
+        s, t = described.get("student") or {}, described.get("teacher")
         source = "labels only" if not h["settings"]["loss"]["alpha"] else (
             "teacher cache (top-k)" if h["settings"].get("cached") else
             f"live teacher ({t['dtype']}, {t['quantization']})" if t else "live teacher")

@@ -30,11 +30,14 @@ def accuracy_note(models: dict) -> str | None:
 
 
 def provenance(out_dir, trained: dict | None, own_params: dict) -> tuple[dict, dict]:
-    """The resolved params of every stage so far (01, 02, 03) and a description of the data."""
+    """The resolved params of every stage so far (01, 02, 03) and a description of the data, from 01's
+    ``data_source`` (the models' kind says nothing about the data: a user's data runs with the embedded pair too)."""
     stats = fsio.read_json(Path(out_dir) / "data_stats.json")
     params = {**stats.get("params", {}), **(trained or {}).get("params", {}), **own_params}
-    embedded = (trained or {}).get("embedded", True)
-    return params, {"type": "synthetic" if embedded else "user", "name": "FirstSight egocentric VQA"}
+    source = stats.get("params", {}).get("data_source", "synthetic")
+    if source == "synthetic":
+        return params, {"type": "synthetic", "name": "FirstSight egocentric VQA", "source": source}
+    return params, {"type": "user", "name": Path(str(source)).name or str(source), "source": str(source)}
 
 
 def write_predictions(out_dir, records: dict[str, list[dict]], results: dict) -> dict:

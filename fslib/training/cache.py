@@ -239,8 +239,15 @@ def ensure(ref: TeacherRef, collator, records: list[dict], folder, *, k: int, vo
     """
     folder = Path(folder)
     fsio.recover(folder)
-    if len({r["id"] for r in records}) != len(records):
-        raise ValueError("record ids must be unique to be cached")
+    seen, dup = set(), []
+    for r in records:
+        if r["id"] in seen:
+            dup.append(r["id"])
+        seen.add(r["id"])
+    if dup:
+        raise ValueError(f"the teacher cache keys its rows by record id, and {len(dup)} id(s) occur more than once: "
+                         f"{', '.join(map(repr, dup[:5]))}{' ...' if len(dup) > 5 else ''} (records from several "
+                         "splits or sources must have distinct ids)")
     old = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
     k = min(k, vocab)
     fp, parts = fingerprint(ref, collator, records, k=k, vocab=vocab, known=old.get("parts", {}).get("teacher"),

@@ -1,6 +1,7 @@
 """``DistillConfig``: every setting of one training, in one frozen, nested object, from the notebook to the loss.
 
-02_distill builds one per training (``fslib.stages.distill.plan``), each validated as it is built, and hands it down
+02_distill builds one per training (``fslib.stages.distill.student_trainings``, ``teacher_preparation``), each
+validated as it is built, and hands it down
 whole: ``fslib.training.jobs.run(cfg)`` loads what it names, ``fslib.training.loop.train(..., cfg)`` trains with it,
 and ``cfg.loss`` goes straight to ``fslib.engine.losspaths.batch_loss``. It is written whole into the training's
 folder (``distill_config.json``, which ``python -m fslib.training.jobs`` also reads) and into ``training.json``, and a

@@ -19,20 +19,10 @@ from tqdm.auto import tqdm
 
 from fslib.core.fsio import atomic_dir, write_json
 from fslib.engine import adapters, kd, visionmemo
-from fslib.engine.losspaths import (  # batch_loss is looked up here at call time (tests patch it)
-    LossConfig,
-    batch_loss,
-)
+from fslib.engine.losspaths import LossConfig, batch_loss  # batch_loss: looked up here at call time (tests patch it)
 from fslib.training import checkpoint, onpolicy
 from fslib.training.config import DistillConfig
-from fslib.training.setup import (
-    OOM_HINT,
-    Run,
-    answer_tokens,
-    peak_memory,
-    setup,
-    teacher_in_eval,
-)
+from fslib.training.setup import OOM_HINT, Run, answer_tokens, peak_memory, setup, teacher_in_eval
 
 
 @torch.no_grad()
