@@ -51,6 +51,16 @@ def test_a_saved_datasetdict_keeps_its_own_splits(tmp_path):
     dd.save_to_disk(str(tmp_path / "ds"))
     splits, _ = sources.load_splits(str(tmp_path / "ds"))
     assert {k: len(v) for k, v in splits.items()} == {"train": 5, "val": 2, "test": 3}
+    ids = [r["id"] for recs in splits.values() for r in recs]  # row 0 of train and row 0 of validation differ
+    assert len(ids) == len(set(ids)) and splits["val"][0]["id"] == "ds-validation-0-t0"
+
+
+def test_record_ids_that_collide_across_splits_are_named(tmp_path):
+    splits = {"train": [{"id": "a"}, {"id": "b"}], "val": [{"id": "b"}], "test": [{"id": "a"}, {"id": "c"}]}
+    with pytest.raises(store.DataError, match=r"mine.jsonl: 2 record id\(s\) occur more than once: 'a' \(train, "
+                                              r"test\); 'b' \(train, val\)"):
+        sources.check_unique_ids(splits, str(tmp_path / "mine.jsonl"))
+    assert sources.check_unique_ids({"train": [{"id": "a"}], "val": [{"id": "b"}]}, "x") is not None
 
 
 def test_bad_fractions_are_refused(tmp_path):

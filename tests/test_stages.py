@@ -65,3 +65,12 @@ def test_provenance_comes_from_01s_data_source_not_the_models(tmp_path, source, 
     params, dataset = evaluate_stage.provenance(tmp_path, trained, {"eval_split": "test"})
     assert dataset["type"] == kind and dataset["name"] == name and dataset["source"] == source
     assert params == {"data_source": source, "seed": 0, "alpha": 0.7, "eval_split": "test"}
+
+
+def test_a_missing_ood_split_is_skipped_with_a_note_and_a_missing_eval_split_is_an_error():
+    assert evaluate_stage.splits_to_score(["train", "val", "test", "ood"], "test", "ood") == (["test", "ood"], None)
+    splits, note = evaluate_stage.splits_to_score(["train", "val", "test"], "test", "ood")
+    assert splits == ["test"] and "ood_split 'ood' is not scored" in note and "train, val, test" in note
+    assert evaluate_stage.splits_to_score(["train", "val", "test"], "test", "") == (["test"], None)
+    with pytest.raises(KeyError, match="eval_split 'dev' is not a split of 01's data; it has: train, test"):
+        evaluate_stage.splits_to_score(["train", "test"], "dev", "")

@@ -47,3 +47,15 @@ def write_predictions(out_dir, records: dict[str, list[dict]], results: dict) ->
            for s, recs in records.items()}
     fsio.write_json(Path(out_dir) / "predictions.json", doc)
     return doc
+
+
+def splits_to_score(available, eval_split: str, ood_split: str) -> tuple[list[str], str | None]:
+    """The splits 03 scores (the headline ``eval_split`` first) and a note when ``ood_split`` is skipped: only the
+    synthetic world has an out-of-distribution split, and a user's data need not."""
+    available = list(available)
+    if eval_split not in available:
+        raise KeyError(f"eval_split {eval_split!r} is not a split of 01's data; it has: {', '.join(available)}")
+    if ood_split and ood_split not in available:
+        return [eval_split], (f"ood_split {ood_split!r} is not scored: 01's data has no such split "
+                              f"(it has {', '.join(available)}). Set ood_split to one of them, or to \"\" to skip it.")
+    return [s for s in (eval_split, ood_split) if s], None
