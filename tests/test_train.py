@@ -226,3 +226,14 @@ def test_full_path_projects_only_answer_positions_and_equals_kd_loss_on_every_po
     for name, p in student.named_parameters():
         if p.grad is not None:
             assert torch.allclose(grads[name], p.grad, atol=1e-7, rtol=1e-5), name
+
+
+@pytest.mark.parametrize("patience, epochs_run", [(0, 4), (1, 2), (2, 3)])
+def test_early_stopping_keeps_best_and_stops_after_patience_epochs(tmp_path, student_path, processor, loaders,
+                                                                   monkeypatch, patience, epochs_run):
+    val_losses = iter([1.0, 2.0, 3.0, 0.5])  # best after epoch 1; a patient enough run finds epoch 4's
+    monkeypatch.setattr(loop, "evaluate_loss", lambda *a, **k: {"loss": next(val_losses), "kd": 0.0, "ce": 0.0})
+    _, hist = _run(student_path, None, processor, loaders, tmp_path, epochs=4, patience=patience)
+    assert len(hist["epochs"]) == epochs_run
+    assert hist["best_epoch"] == (4 if epochs_run == 4 else 1)
+    assert ("stopped_early" in hist) == (epochs_run < 4) and (tmp_path / "best").exists()

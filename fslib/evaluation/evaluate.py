@@ -23,6 +23,7 @@ metrics.json (schema_version 2; keys are added over time, never removed or renam
     protocol                 summary (three lines), new_tokens, warmup, repeats, batch_size, batch_sizes, dtype, device,
                              device_name, isolation, memory, accuracy, decoding, max_new_tokens, bootstrap, versions
     params, dataset, environment                      resolved params of all stages; data provenance; versions, git SHA
+    teacher_check            02's check of the prepared teacher (fslib.evaluation.teachercheck), None when it did not run
 
 predictions.json (beside it): {split: {ids: [...], <model>: {normal: [answers], blind: [answers]}}}.
 """
@@ -111,7 +112,8 @@ def model_entry(row: dict, scored: dict | None, split: str) -> dict:
 
 
 def build_metrics(results: dict, scored: dict, *, split: str, records: dict, train: list[dict], params: dict,
-                  protocol: dict, dataset: dict, blind_splits: list[str], accuracy_note: str | None) -> dict:
+                  protocol: dict, dataset: dict, blind_splits: list[str], accuracy_note: str | None,
+                  teacher_check: dict | None = None) -> dict:
     """The ``metrics.json`` document (schema in this module's docstring)."""
     models = {name: model_entry(r, scored.get(name), split) for name, r in results.items()}
     return {"schema_version": 2, "split": split, "n_eval": len(records[split]),
@@ -120,4 +122,5 @@ def build_metrics(results: dict, scored: dict, *, split: str, records: dict, tra
             "models": models,
             "blind": {"splits": blind_splits,
                       "prior_baseline": prior_baseline(train, records[split]) if train else None},
-            "protocol": protocol, "params": params, "dataset": dataset, "environment": environment()}
+            "protocol": protocol, "params": params, "dataset": dataset, "teacher_check": teacher_check,
+            "environment": environment()}

@@ -102,3 +102,22 @@ def errors_in(executed: list[Path]) -> list[str]:
             if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
                 bad.append(f"{path.name}: {html.escape(''.join(cell.source)[:80])}")
     return bad
+
+
+def teacher_check_view(check: dict | None):
+    """02's teacher check as the notebook shows it: a warning box in words when the teacher is not ahead, the numbers
+    as a table when it is (IPython renders either; the HTML report keeps the box's class for its banner)."""
+    import html as _html
+
+    from IPython.display import HTML
+
+    if check is None:
+        return HTML('<p class="fs-note">teacher_check is off: the teacher was not checked before distilling.</p>')
+    rows = "".join(f"<tr><th>{k}</th><td>{v if isinstance(v, int) else f'{v:.3f}'}</td></tr>"
+                   for k, v in (("validation questions", check["n"]), ("teacher exact match", check["teacher_em"]),
+                                ("teacher, blind (grey pixels)", check["teacher_blind_em"]),
+                                ("student's starting weights", check["student_start_em"]),
+                                ("required lead", check["margin"])))
+    verdict = ('<p class="fs-ok">The teacher is ahead of the student\'s starting weights: worth distilling.</p>'
+               if check["ahead"] else f'<div class="fs-warning"><b>Warning.</b> {_html.escape(check["message"])}</div>')
+    return HTML(f'{verdict}<table class="fs-table">{rows}</table>')

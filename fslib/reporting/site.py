@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from fslib.evaluation import formatting
+from fslib.evaluation import formatting, teachercheck
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
 STAGE_TITLES = {"01_data": "1. Data", "02_distill": "2. Distillation", "03_evaluate": "3. Evaluation",
@@ -67,15 +67,23 @@ def _anchor_headings(source: str, prefix: str, toc: list) -> str:
     return "\n".join(out)
 
 
-def _stage_cells(path: Path, toc: list) -> tuple[list, int]:
-    """The cells of one executed notebook, ready to join: headings anchored, stderr dropped (and counted)."""
+def teacher_warning_html(check: dict | None) -> str:
+    """02's teacher check in words when it failed (``fslib.evaluation.teachercheck``); empty when it passed."""
+    if not check or check.get("ahead", True):
+        return ""
+    return f'<div class="fs-warn fs-teacher-warning"><b>Teacher check failed.</b> {esc(check["message"])}</div>'
+
+
+def _stage_cells(path: Path, toc: list, banner: str = "") -> tuple[list, int]:
+    """The cells of one executed notebook, ready to join: headings anchored, stderr dropped (and counted), and
+    ``banner`` right under the stage's heading."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     cells, n_stderr = [], 0
     title = STAGE_TITLES.get(path.stem, path.stem)
     toc.append((1, title, f"stage-{path.stem}"))
-    cells.append(nbformat.v4.new_markdown_cell(f'<h1 id="stage-{path.stem}">{esc(title)}</h1>'))
+    cells.append(nbformat.v4.new_markdown_cell(f'<h1 id="stage-{path.stem}">{esc(title)}</h1>{banner}'))
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
         if cell.cell_type == "raw" or "injected-parameters" in tags or "parameters" in tags:
@@ -111,7 +119,8 @@ def headline_html(metrics: dict, run: str) -> str:
         return '<p class="fs-warn">No <code>metrics.json</code> in this run yet: run 03_evaluate.</p>'
     header, rows = formatting.table_rows(metrics)
     protocol = metrics.get("protocol", {}).get("summary", "")
-    parts = ['<h2 id="headline-metrics">Headline metrics</h2>', f"<p>{_inline(formatting.summary_line(metrics, run))}</p>",
+    parts = ['<h2 id="headline-metrics">Headline metrics</h2>', teacher_warning_html(metrics.get("teacher_check")),
+             f"<p>{_inline(formatting.summary_line(metrics, run))}</p>",
              scroll_box(html_table(header, rows, id="headline")),
              '<p class="fs-note">Accuracy: greedy answers scored against the reference and its aliases; the full '
              "table with F1, ROUGE-L, BLEU and the blind control is in section 3. Memory in MiB.</p>",
@@ -156,8 +165,9 @@ def report_notebook(executed: list[Path], *, title: str, run_dir: Path):
     joined = nbformat.v4.new_notebook(metadata={**first.metadata, "title": title})
     toc = [(1, "Headline metrics", "headline-metrics")]
     body, n_stderr = [], 0
+    banner = teacher_warning_html(teachercheck.read(run_dir))
     for path in executed:
-        cells, n = _stage_cells(path, toc)
+        cells, n = _stage_cells(path, toc, banner if path.stem == "02_distill" else "")
         body += cells
         n_stderr += n
     toc.append((1, "5. Params and environment", "provenance"))

@@ -15,8 +15,10 @@ import pandas as pd
 
 from fslib.core.fsio import read_json, write_json
 from fslib.data import store
-from fslib.engine import adapters, collate, models
+from fslib.engine import adapters, collate, generate, models
 from fslib.engine.losspaths import LossConfig
+from fslib.evaluation import teachercheck
+from fslib.evaluation.metrics import exact_match, references
 from fslib.training import cache, jobs, seqkd
 from fslib.training.config import (
     DataConfig,
@@ -33,6 +35,7 @@ from fslib.world.embedded import resolve_model
 
 # 02's parameters that decide which trainings run and how the teacher is used, rather than how one training runs.
 PROTOCOL_KEYS = ("teacher_model", "student_model", "prepare_teacher", "teacher_epochs", "teacher_learning_rate",
+                 "teacher_patience", "teacher_check", "teacher_check_margin",
                  "teacher_freeze_vision", "teacher_lora", "student_lora", "teacher_dtype", "teacher_quantization",
                  "student_dtype", "teacher_device_map", "train_sft_baseline", "train_kd_labelled_baseline",
                  "n_unlabelled", "teacher_answer_tokens", "teacher_answer_min_confidence", "teacher_cache",
@@ -72,7 +75,8 @@ def teacher_preparation(P: dict, out: Path, teacher_path: str) -> DistillConfig 
         return None
     return _config(P, out, "teacher", teacher_path).but(
         model={"dtype": P["teacher_dtype"], "lora": P["teacher_lora"], "freeze_vision": P["teacher_freeze_vision"]},
-        optim={"epochs": P["teacher_epochs"], "learning_rate": P["teacher_learning_rate"]})
+        optim={"epochs": P["teacher_epochs"], "learning_rate": P["teacher_learning_rate"],
+               "patience": P["teacher_patience"]})
 
 
 def models_and_processor(P: dict, out: Path) -> tuple[str, str, object, object, dict]:
@@ -98,6 +102,32 @@ def teacher_ref(P: dict, teacher_path: str) -> cache.TeacherRef:
                             device_map=P["teacher_device_map"], trust_remote_code=P["trust_remote_code"])
 
 
+def check_teacher(P: dict, out: Path, ref, processor, student_path: str, val: list[dict]) -> dict | None:
+    """Is the prepared teacher ahead of the student's starting weights on the validation questions
+    (``fslib.evaluation.teachercheck``)? Written to ``teacher_check.json``; None when ``teacher_check`` is off."""
+    if not P["teacher_check"]:
+        return None
+    pixels = pixel_bounds(P)
+    gen = collate.VQACollator(processor, pixels, max_length=P["max_length"], train=False)
+    blind = collate.VQACollator(processor, pixels, max_length=P["max_length"], train=False, blind=True)
+    student = models.load_model(student_path, dtype=P["student_dtype"], frozen=True,
+                                trust_remote_code=P["trust_remote_code"])
+    labelled = [r for r in val if r.get("answer") is not None]
+    kw = {"batch_size": P["batch_size"], "max_new_tokens": P["teacher_answer_tokens"]}
+    teacher = ref.load()
+    result = teachercheck.verdict({"n": len(labelled), "margin": P["teacher_check_margin"],
+                                   "teacher_em": _exact_match(teacher, gen, labelled, **kw),
+                                   "teacher_blind_em": _exact_match(teacher, blind, labelled, **kw),
+                                   "student_start_em": _exact_match(student, gen, labelled, **kw)})
+    teachercheck.write(out, result)
+    return result
+
+
+def _exact_match(model, collator, records: list[dict], **gen) -> float:
+    answers = generate.generate_answers(model, collator, records, desc="teacher check", **gen)
+    return sum(exact_match(a, references(r)) for a, r in zip(answers, records)) / max(len(records), 1)
+
+
 def unlabelled_pool(P: dict, out: Path, unlabelled: list[dict]) -> list[dict]:
     """What the teacher answers: the data's unlabelled records, plus ``n_unlabelled`` synthetic scenes rendered with
     01's scene settings from another seed (disjoint from every split)."""
@@ -111,9 +141,12 @@ def teacher_answers(P: dict, out: Path, ref, collator, pool: list[dict]) -> tupl
                                  batch_size=P["batch_size"])
 
 
-def keep_answers(P: dict, out: Path, answered: list[dict]) -> tuple[list[dict], list[str]]:
+def keep_answers(P: dict, out: Path, answered: list[dict], check: dict | None = None) -> tuple[list[dict], list[str]]:
     """Pseudo-label filtering: the teacher's answers at least ``teacher_answer_min_confidence`` probable (an answer
-    the teacher itself finds improbable is more often wrong than right), and the dataset folders that hold them."""
+    the teacher itself finds improbable is more often wrong than right), and the dataset folders that hold them.
+    None are kept from a teacher that failed its check (``check_teacher``): its answers would be guesses."""
+    if check is not None and not check["ahead"]:
+        return [], []
     kept = seqkd.confident(answered, P["teacher_answer_min_confidence"])
     if not kept:
         return [], []

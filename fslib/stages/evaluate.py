@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fslib.core import fsio
 from fslib.engine import randominit
+from fslib.evaluation import teachercheck
 from fslib.world.embedded import resolve_model
 
 
@@ -59,3 +60,8 @@ def splits_to_score(available, eval_split: str, ood_split: str) -> tuple[list[st
         return [eval_split], (f"ood_split {ood_split!r} is not scored: 01's data has no such split "
                               f"(it has {', '.join(available)}). Set ood_split to one of them, or to \"\" to skip it.")
     return [s for s in (eval_split, ood_split) if s], None
+
+
+def teacher_check(out_dir) -> dict | None:
+    """02's teacher check of this run (``teacher_check.json``), for metrics.json and the headline; None without it."""
+    return teachercheck.read(out_dir)

@@ -42,8 +42,11 @@ class OptimConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
+    patience: int = 0  # epochs without a lower validation loss before the training stops early; 0 runs every epoch
 
     def __post_init__(self):
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
         for name in ("epochs", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

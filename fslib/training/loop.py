@@ -66,12 +66,23 @@ def train(student, teacher, processor, train_loader, val_loader, cfg: DistillCon
         if run.done:
             return run.history
         for epoch in range(run.epoch, cfg.optim.epochs + 1):
+            if _stalled(run, epoch - 1):
+                break
             _train_epoch(run, epoch)
             _end_epoch(run, epoch)
         return _finish(run)
     finally:
         for model in (run.student, run.teacher):
             visionmemo.remove(model)  # the models go back as they came; the memo's memory is freed
+
+
+def _stalled(run: Run, done: int) -> bool:
+    """Early stopping: ``patience`` epochs have passed since the best validation loss (``best`` is kept)."""
+    patience, best = run.cfg.optim.patience, run.history.get("best_epoch")
+    if not patience or best is None or done - best < patience:
+        return False
+    run.history["stopped_early"] = {"after_epoch": done, "best_epoch": best, "patience": patience}
+    return True
 
 
 def _train_epoch(run: Run, epoch: int) -> None:

@@ -1,0 +1,60 @@
+"""02's check that the prepared teacher is worth distilling, and where the report shows a failed one."""
+
+import json
+
+import pytest
+
+from fslib.core import config
+from fslib.engine import models
+from fslib.evaluation import teachercheck
+from fslib.reporting import site
+from fslib.stages import distill
+from fslib.training.cache import TeacherRef
+
+
+def _result(teacher, student, blind=0.1, n=100):
+    return teachercheck.verdict({"n": n, "margin": 0.05, "teacher_em": teacher, "teacher_blind_em": blind,
+                                 "student_start_em": student})
+
+
+def test_the_teacher_must_lead_the_students_start_by_the_margin():
+    assert _result(0.60, 0.30)["ahead"] and _result(0.60, 0.30)["message"] is None
+    weak = _result(0.32, 0.30)
+    assert not weak["ahead"]
+    assert "0.320, against 0.300" in weak["message"] and "at least 0.05 more" in weak["message"]
+    assert "teacher_epochs" in weak["message"] and "not used" in weak["message"]  # what to try, what 02 did
+    assert "answers from the question text" in _result(0.32, 0.30, blind=0.33)["message"]
+    assert "answers from the question text" not in weak["message"]
+    assert not _result(0.9, 0.1, n=0)["ahead"]  # nothing to check on is not a pass
+
+
+def test_a_failed_check_is_in_the_headline_and_at_the_top_of_02(tmp_path):
+    weak = _result(0.32, 0.30)
+    assert "Teacher check failed" in site.teacher_warning_html(weak) and site.teacher_warning_html(_result(.6, .3)) == ""
+    assert site.teacher_warning_html(None) == ""
+    html = site.headline_html({"models": {"teacher": {"exact_match": 0.3}}, "teacher_check": weak}, "run")
+    assert "Teacher check failed" in html and weak["message"].split(".")[0] in html
+
+
+def test_answers_of_a_teacher_that_failed_its_check_are_not_used(tmp_path):
+    P = {**config.default_params(), **config.load_params(config.REPO_ROOT / "params" / "tiny.yaml")}
+    answered = [{"id": "u0", "answer": "2", "confidence": 0.99}]
+    assert distill.keep_answers(P, tmp_path, answered, _result(0.32, 0.30)) == ([], [])
+
+
+def test_check_teacher_scores_both_models_on_validation_and_writes_json(tmp_path, teacher_path, student_path,
+                                                                        small_splits):
+    P = {**config.default_params(), **config.load_params(config.REPO_ROOT / "params" / "tiny.yaml")}
+    processor = models.load_processor(student_path)
+    val = small_splits["val"] + [{**small_splits["val"][0], "id": "unlabelled", "answer": None}]
+    result = distill.check_teacher({**P, "teacher_answer_tokens": 4}, tmp_path, TeacherRef(teacher_path), processor,
+                                   student_path, val)
+    assert result["n"] == len(small_splits["val"])  # the unlabelled record is not scored
+    assert json.loads((tmp_path / "teacher_check.json").read_text()) == result == teachercheck.read(tmp_path)
+    assert not result["ahead"] and result["message"]  # the unit tests' models are random: nothing to teach
+    assert distill.check_teacher({**P, "teacher_check": False}, tmp_path, None, processor, student_path, val) is None
+
+
+@pytest.mark.parametrize("check", [None, {"ahead": True}])
+def test_no_warning_without_a_failed_check(check):
+    assert site.teacher_warning_html(check) == ""
