@@ -103,3 +103,33 @@ def test_cache_tail_block_is_read_from_the_benchmark_json(tmp_path):
     assert "| cache, `renormalise` | 0.393 | 0.377 | **0.385** | 28 |" in block
     assert "at T = 1 mean 0.00 (max 0.05); at T = 3 mean 0.55 (max 0.74)" in block
     assert "top 64 of 384 ids" in block and "600 probe questions" in block
+
+
+def _section(title: str) -> str:
+    return TEXT.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _fenced(text: str, lang: str) -> list[str]:
+    return [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith(lang + "\n")]
+
+
+def test_your_data_examples_load_as_written(tmp_path, monkeypatch):
+    """The README's JSONL and messages-format examples, with their media written here, go through 01's loaders."""
+    from PIL import Image
+
+    from fslib.data import sources
+
+    section = _section("Your own data")
+    monkeypatch.chdir(tmp_path)
+    for name in ("frames/kitchen-1.png", "frames/kitchen-3.png", *(f"clips/k2/{i}.png" for i in range(4))):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 48), (120, 80, 40)).save(tmp_path / name)
+    (tmp_path / "mine.jsonl").write_text(_fenced(section, "jsonl")[0])
+    splits, skipped = sources.load_splits("mine.jsonl", val_fraction=0.0, test_fraction=0.0)
+    assert skipped == [] and [r["id"] for r in splits["train"]] == ["kitchen-1", "kitchen-2", "kitchen-3"]
+    assert [r["media"] for r in splits["train"]] == ["image", "video", "image"] and splits["train"][2]["answer"] is None
+    exec(_fenced(section, "python")[0], {})  # writes my_vqa/ as the README says
+    splits, _ = sources.load_splits("my_vqa")
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2, "val": 1, "test": 1}
+    assert splits["train"][1]["answer"] is None
+    assert "cp params/tiny.yaml params/mine.yaml" in section and "make report PARAMS=params/mine.yaml" in section

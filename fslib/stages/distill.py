@@ -129,9 +129,17 @@ def _exact_match(model, collator, records: list[dict], **gen) -> float:
 
 
 def unlabelled_pool(P: dict, out: Path, unlabelled: list[dict]) -> list[dict]:
-    """What the teacher answers: the data's unlabelled records, plus ``n_unlabelled`` synthetic scenes rendered with
-    01's scene settings from another seed (disjoint from every split)."""
+    """What the teacher answers: the data's unlabelled records, plus, for the synthetic world, ``n_unlabelled`` scenes
+    rendered with 01's scene settings from another seed (disjoint from every split). A user's data brings its own
+    unlabelled records: synthetic scenes would be another domain, so ``n_unlabelled`` is not used there (said so)."""
     data_params = read_json(Path(out) / "data_stats.json").get("params", {})
+    source = data_params.get("data_source", "synthetic")
+    if source != "synthetic":
+        if P["n_unlabelled"]:
+            print(f"n_unlabelled={P['n_unlabelled']} renders synthetic scenes, another domain than {source}: not used; "
+                  f"the teacher answers the data's own {len(unlabelled)} unlabelled records (questions without an "
+                  "answer) instead.", flush=True)
+        return unlabelled
     return unlabelled + synth.synthetic_pool(P["n_unlabelled"], data_params=data_params, seed=P["seed"])
 
 

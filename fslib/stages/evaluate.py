@@ -57,8 +57,10 @@ def splits_to_score(available, eval_split: str, ood_split: str) -> tuple[list[st
     if eval_split not in available:
         raise KeyError(f"eval_split {eval_split!r} is not a split of 01's data; it has: {', '.join(available)}")
     if ood_split and ood_split not in available:
-        return [eval_split], (f"ood_split {ood_split!r} is not scored: 01's data has no such split "
-                              f"(it has {', '.join(available)}). Set ood_split to one of them, or to \"\" to skip it.")
+        note = (f"Note: ood_split {ood_split!r} is not scored: 01's data has no such split (it has "
+                f"{', '.join(available)}). Set ood_split to one of them, or to an empty string to skip it.")
+        print(note, flush=True)  # in the notebook, so in the report, and on the console
+        return [eval_split], note
     return [s for s in (eval_split, ood_split) if s], None
 
 
