@@ -105,3 +105,11 @@ def test_training_json_holds_every_02_parameter_outside_the_raw_dump(P, tmp_path
         assert DistillConfig.from_dict(summary["trainings"][label]) == cfg
     assert summary["training"]["teacher_cache_tail"] == P["teacher_cache_tail"]  # the card's table
     assert summary["training"]["loss.alpha"] == P["alpha"]
+
+
+def test_plan_table_lists_every_setting_with_the_differences_first(P, tmp_path):
+    table = distill.plan_table(_plan(P, tmp_path))
+    assert list(table.columns) == ["kd_student", "kd_labelled_student", "sft_student"]
+    first = list(table.index[:8])
+    assert "loss.alpha" in first and "data.samples_per_epoch" in first
+    assert table.loc["optim.learning_rate"].nunique() == 1 and "data.pixels" in table.index

@@ -246,6 +246,16 @@ def write_training_summary(out_dir, histories: dict, plan: dict[str, DistillConf
     return summary
 
 
+def plan_table(plan: dict[str, DistillConfig]) -> pd.DataFrame:
+    """Every setting of each training (flattened ``DistillConfig``), one column per training; rows where the
+    trainings differ come first, so the fair protocol's differences are read at a glance."""
+    cols = {label: {k: str(v) for k, v in _flat({k: v for k, v in cfg.to_dict().items() if k != "label"}).items()}
+            for label, cfg in plan.items()}
+    table = pd.DataFrame(cols)
+    differs = table.nunique(axis=1) > 1
+    return pd.concat([table[differs], table[~differs]]) if len(table) else table
+
+
 def summary_table(histories: dict) -> pd.DataFrame:
     """One row per trained model: what was trained against what, memory and speed (medians over steps)."""
     rows = {}
