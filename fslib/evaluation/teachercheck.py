@@ -1,9 +1,10 @@
 """Is the prepared teacher worth distilling? 02 asks before it distils, on the labelled validation questions.
 
-The rule: the teacher's greedy exact match must be at least ``margin`` above the student's starting weights on the
-same questions; a teacher that does no better than the student already does has nothing to teach, and its answers to
-unlabelled questions would be guesses turned into training labels. The blind control (every pixel grey) says whether
-the teacher reads the image at all: a blind score near its real one means it answers from the question text alone.
+The rule, both parts on the same questions: the teacher's greedy exact match must be at least ``margin`` above
+(1) the student's starting weights, since a teacher that does no better than the student already does has nothing
+to teach, and (2) its own blind score (every pixel grey), since a teacher that scores as well without the image
+answers from the question text alone: its answers to unlabelled questions would be priors turned into training
+labels. (2) is what catches a teacher whose answers are the most frequent ones of each question type.
 02 writes ``teacher_check.json`` (``fslib.stages.distill.check_teacher``); when the check fails, the report says so at
 the top of 02 and in the headline, and 02 does not use the teacher's answers to unlabelled questions.
 """
@@ -22,7 +23,8 @@ ADVICE = ("Try: a longer or stronger teacher preparation (teacher_epochs, teache
 
 def verdict(result: dict) -> dict:
     """``result`` (n, margin, teacher_em, teacher_blind_em, student_start_em) with ``ahead`` and ``message``."""
-    ahead = bool(result["n"]) and result["teacher_em"] >= result["student_start_em"] + result["margin"]
+    t, m = result["teacher_em"], result["margin"]
+    ahead = bool(result["n"]) and t >= result["student_start_em"] + m and t >= result["teacher_blind_em"] + m
     return {**result, "ahead": ahead, "message": None if ahead else warning(result)}
 
 
@@ -30,13 +32,16 @@ def warning(result: dict) -> str:
     """The words the report shows when the teacher is not ahead."""
     if not result["n"]:
         return "The teacher could not be checked: the validation split has no labelled question. " + ADVICE
-    blind = (f" Its blind score ({result['teacher_blind_em']:.3f}, every pixel grey) is close to its real one: it "
-             "answers from the question text, not the image." if result["teacher_blind_em"] >= result["teacher_em"] - 0.02
-             else "")
-    return (f"The teacher is not worth distilling: on {result['n']} validation questions its exact match is "
-            f"{result['teacher_em']:.3f}, against {result['student_start_em']:.3f} for the student's starting weights "
-            f"(the check asks for at least {result['margin']:.2f} more).{blind} Its answers to unlabelled questions are "
-            f"not used, and the KD student may not beat the SFT-only one. {ADVICE}")
+    t, m = result["teacher_em"], result["margin"]
+    reasons = []
+    if t < result["student_start_em"] + m:
+        reasons.append(f"it is not {m:.2f} ahead of the student's starting weights ({result['student_start_em']:.3f})")
+    if t < result["teacher_blind_em"] + m:
+        reasons.append(f"with every pixel grey it scores {result['teacher_blind_em']:.3f}, within {m:.2f} of its real "
+                       "score: it answers from the question text, not the image")
+    return (f"The teacher is not worth distilling: on {result['n']} validation questions its exact match is {t:.3f}, "
+            f"and {'; and '.join(reasons)}. Its answers to unlabelled questions are not used, and the KD student may "
+            f"not beat the SFT-only one. {ADVICE}")
 
 
 def write(run_dir: Path, result: dict) -> Path:
