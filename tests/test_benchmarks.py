@@ -67,6 +67,7 @@ def test_kd_vs_sft_collect_keeps_nothing_from_other_runs(tmp_path):
     assert res["runs"][0]["seconds"] is None and "--collect" in res["environment"]["command"]
 
 
+@pytest.mark.slow
 def test_vision_probe_reads_labels_from_the_scene_and_a_probe_can_fail():
     vision_probe = _script("vision_probe")
     scene = {"objects": [{"name": "book", "colour": "red", "x": 0.9, "y": 0.1}],

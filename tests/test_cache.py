@@ -123,6 +123,7 @@ def test_stale_rows_are_refused(tmp_path, teacher_path, student_path, collator, 
         tc.rows(["nope"], [1])
 
 
+@pytest.mark.slow
 def test_training_from_the_cache_runs_without_a_teacher(tmp_path, teacher_path, student_path, processor, collator,
                                                         small_splits):
     recs = small_splits["train"][:4] + small_splits["val"][:2]

@@ -1,6 +1,7 @@
 """The embedded pair's pre-training: exact labels and captions, disjoint scenes, the stages and the build cache."""
 import json
 
+import pytest
 import torch
 
 from fslib.engine import models
@@ -56,6 +57,7 @@ def test_pretraining_scenes_are_their_own_stream_and_never_show_held_out_pairs()
     assert not any(p in r["answer"] for r in captions for p in held_out)
 
 
+@pytest.mark.slow
 def test_the_two_stages_train_the_tower_then_only_the_language_model(student_path, processor):
     model = models.load_model(student_path)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -78,6 +80,7 @@ def test_alignment_keeps_the_vision_tower_frozen(student_path, processor):
     assert all(p.requires_grad for p in model.parameters())  # handed back trainable, as loaded
 
 
+@pytest.mark.slow
 def test_build_runs_pretraining_once_per_machine_and_stamps_it(tmp_path, monkeypatch):
     small = {"seed": 0, "vision": {"scenes": 32, "epochs": 1, "lr": 1e-3}, "align": {}}
     preset = {**embedded.EMBEDDED_PRESETS["tiny-student"], "pretrain": small}

@@ -23,6 +23,7 @@ def _load_or_skip(path, quantization, batch):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantization", ["nf4", "int8"])
 def test_quantised_teacher_distils_close_to_the_full_precision_one(tmp_path, teacher_path, student_path, processor,
                                                                    pixels, small_splits, quantization):

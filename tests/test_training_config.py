@@ -5,7 +5,14 @@ import dataclasses
 import pytest
 
 from fslib.engine.losspaths import LossConfig
-from fslib.training.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, TeacherConfig, loader_config
+from fslib.training.config import (
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    OptimConfig,
+    TeacherConfig,
+    loader_config,
+)
 
 
 def _cfg(**kw):

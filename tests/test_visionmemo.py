@@ -75,6 +75,7 @@ def test_memory_limit_is_respected(student_path, batches):
     assert visionmemo.install(models.load_model(student_path), 0) is None  # 0 turns it off
 
 
+@pytest.mark.slow
 def test_training_with_and_without_the_memo_ends_with_identical_weights(tmp_path, student_path, teacher_path,
                                                                         small_splits, processor, pixels):
     col = collate.VQACollator(processor, pixels, max_length=256)

@@ -20,16 +20,8 @@ from fslib.engine.losspaths import LossConfig
 from fslib.evaluation import teachercheck
 from fslib.evaluation.metrics import exact_match, references
 from fslib.training import cache, jobs, seqkd
-from fslib.training.config import (
-    DataConfig,
-    DistillConfig,
-    ModelConfig,
-    OnPolicyConfig,
-    OptimConfig,
-    RuntimeConfig,
-    TeacherConfig,
-    pixel_bounds,
-)
+from fslib.training.config import (DataConfig, DistillConfig, ModelConfig, OnPolicyConfig, OptimConfig, RuntimeConfig,
+                                   TeacherConfig, pixel_bounds)
 from fslib.world import synth
 from fslib.world.embedded import resolve_model
 
