@@ -133,3 +133,19 @@ def test_your_data_examples_load_as_written(tmp_path, monkeypatch):
     assert {k: len(v) for k, v in splits.items()} == {"train": 2, "val": 1, "test": 1}
     assert splits["train"][1]["answer"] is None
     assert "cp params/tiny.yaml params/mine.yaml" in section and "make report PARAMS=params/mine.yaml" in section
+
+
+def test_user_data_block_is_read_from_the_benchmark_json(tmp_path):
+    res = {"command": "python benchmarks/user_data.py ", "git_sha": "0123456789abcdef", "sizes": {"train": 10},
+           "dataset": {"name": "digits_vqa"},
+           "models": {"teacher": {"exact_match": 0.375, "exact_match_ci": [0.335, 0.413], "blind_exact_match": 0.3},
+                      "sft_student": {"exact_match": 0.648, "exact_match_ci": [0.6, 0.7], "blind_exact_match": None}},
+           "teacher_check": {"n": 100, "teacher_em": 0.28, "teacher_blind_em": 0.27, "student_start_em": 0.0,
+                             "ahead": False, "message": "The teacher is not worth distilling: ..."}}
+    path = tmp_path / "user_data.json"
+    path.write_text(json.dumps(res))
+    block = readme.user_data_block(path)
+    assert "| teacher, prepared on the labels | 0.375 [0.335, 0.413] |" in block
+    assert "| SFT-only student | 0.648 [0.600, 0.700] |" in block
+    assert "teacher 0.280 (blind 0.270)" in block and "The teacher is not worth distilling" in block
+    assert "`digits_vqa` (train 10 rows)" in block and "commit `0123456789ab`" in block

@@ -31,6 +31,10 @@ TINY_METRICS = fsio.REPO_ROOT / "reports" / "tiny" / "metrics.json"
 KD_VS_SFT = fsio.REPO_ROOT / "benchmarks" / "results" / "kd_vs_sft.json"
 VISION_PROBE = fsio.REPO_ROOT / "benchmarks" / "results" / "vision_probe.json"
 CACHE_TAIL = fsio.REPO_ROOT / "benchmarks" / "results" / "cache_tail.json"
+USER_DATA = fsio.REPO_ROOT / "benchmarks" / "results" / "user_data.json"
+_ROLES = {"teacher": "teacher, prepared on the labels", "student": "KD student (labelled + teacher-answered)",
+          "kd_labelled_student": "KD on the labelled questions only", "sft_student": "SFT-only student",
+          "base_student": "student's starting weights"}
 _SHORT = {"01_data": "01", "02_distill": "02", "03_evaluate": "03", "04_publish": "04"}
 
 
@@ -120,6 +124,20 @@ def cache_tail_block(path: str | Path = CACHE_TAIL) -> str:
                       f"`{_display(Path(path))}` (`{res['command'].strip()}`) by `make readme`.*"])
 
 
+def user_data_block(path: str | Path = USER_DATA) -> str:
+    """A user's dataset run on params/tiny.yaml's settings: each model's test exact match, and the teacher check."""
+    res = fsio.read_json(path)
+    rows = [[_ROLES.get(n, n), f"{m['exact_match']:.3f} [{m['exact_match_ci'][0]:.3f}, {m['exact_match_ci'][1]:.3f}]",
+             formatting.fmt("exact_match", m.get("blind_exact_match"))] for n, m in res["models"].items()]
+    tc, sizes = res["teacher_check"], ", ".join(f"{k} {v}" for k, v in res["sizes"].items())
+    verdict = "passed" if tc["ahead"] else f"failed, and the report said: \u201c{tc['message']}\u201d"
+    return "\n".join([formatting.markdown_table(["model", "test exact match [95% CI]", "blind"], rows), "",
+                      f"*`{res['dataset']['name']}` ({sizes} rows). Teacher check on {tc['n']} validation questions: "
+                      f"teacher {tc['teacher_em']:.3f} (blind {tc['teacher_blind_em']:.3f}), student's starting "
+                      f"weights {tc['student_start_em']:.3f}: {verdict} Read from `{_display(Path(path))}` "
+                      f"(`{res['command'].strip()}`, commit `{res['git_sha'][:12]}`) by `make readme`.*"])
+
+
 def _display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(fsio.REPO_ROOT))
@@ -146,13 +164,12 @@ def update(readme: str | Path = README, metrics_path: str | Path = TINY_METRICS)
     new = replace_block(new, "params", params_reference())
     if Path(metrics_path).exists():
         new = replace_block(new, "headline", headline_block(metrics_path))
-    if KD_VS_SFT.exists() and _block("kd_vs_sft").search(new):
-        new = replace_block(new, "kd_vs_sft", kd_vs_sft_block(KD_VS_SFT))
-    if VISION_PROBE.exists() and _block("vision_probe").search(new):
-        new = replace_block(new, "vision_probe", vision_probe_block(VISION_PROBE))
-    if CACHE_TAIL.exists() and _block("cache_tail").search(new):
-        new = replace_block(new, "cache_tail", cache_tail_block(CACHE_TAIL))
-    blocks = ("params", "headline", "kd_vs_sft", "vision_probe", "cache_tail")
+    for name, path, block in (("kd_vs_sft", KD_VS_SFT, kd_vs_sft_block), ("vision_probe", VISION_PROBE,
+                              vision_probe_block), ("cache_tail", CACHE_TAIL, cache_tail_block),
+                              ("user_data", USER_DATA, user_data_block)):
+        if path.exists() and _block(name).search(new):
+            new = replace_block(new, name, block(path))
+    blocks = ("params", "headline", "kd_vs_sft", "vision_probe", "cache_tail", "user_data")
     changed = [n for n in blocks if current_block(text, n) != current_block(new, n)]
     if new != text:
         readme.write_text(new)
