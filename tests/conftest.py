@@ -81,6 +81,9 @@ def small_data_dir(small_splits, tmp_path_factory):
 FAKE_HF_TOKEN = "hf_FAKE_token_for_leak_test_1234"
 TINY_RUN = {"n_train": 16, "n_val": 4, "n_test": 6, "n_ood": 2, "teacher_epochs": 1, "epochs": 1, "batch_size": 4,
             "n_unlabelled": 6,  # seq-KD: 02 also trains KD on the labelled questions alone
+            # The tests' models have random weights, so the teacher check would (rightly) fail and drop the teacher's
+            # answers this run exercises; tests/test_user_data.py runs the check end to end.
+            "teacher_check": False,
             "bench_repeats": 2, "bench_warmup": 1}
 # Smaller speed sweep when 03 offers these knobs: the student's INT8/NF4 variants are kept (04 publishes them).
 TINY_RUN_OPTIONAL = {"bench_batch_sizes": [1], "bench_variants": ["student:int8", "student:nf4"]}
