@@ -32,7 +32,7 @@ KD_VS_SFT = fsio.REPO_ROOT / "benchmarks" / "results" / "kd_vs_sft.json"
 VISION_PROBE = fsio.REPO_ROOT / "benchmarks" / "results" / "vision_probe.json"
 CACHE_TAIL = fsio.REPO_ROOT / "benchmarks" / "results" / "cache_tail.json"
 USER_DATA = fsio.REPO_ROOT / "benchmarks" / "results" / "user_data.json"
-_ROLES = {"teacher": "teacher, prepared on the labels", "student": "KD student (labelled + teacher-answered)",
+_ROLES = {"teacher": "teacher, prepared on the labels", "student": "KD student",
           "kd_labelled_student": "KD on the labelled questions only", "sft_student": "SFT-only student",
           "base_student": "student's starting weights"}
 _SHORT = {"01_data": "01", "02_distill": "02", "03_evaluate": "03", "04_publish": "04"}
