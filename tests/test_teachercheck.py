@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from fslib.core import config
 from fslib.engine import models
@@ -55,8 +54,3 @@ def test_check_teacher_scores_both_models_on_validation_and_writes_json(tmp_path
     assert json.loads((tmp_path / "teacher_check.json").read_text()) == result == teachercheck.read(tmp_path)
     assert not result["ahead"] and result["message"]  # the unit tests' models are random: nothing to teach
     assert distill.check_teacher({**P, "teacher_check": False}, tmp_path, None, processor, student_path, val) is None
-
-
-@pytest.mark.parametrize("check", [None, {"ahead": True}])
-def test_no_warning_without_a_failed_check(check):
-    assert site.teacher_warning_html(check) == ""

@@ -179,8 +179,7 @@ def setup(student, teacher, processor, train_loader, val_loader, cfg: DistillCon
                 "processes": acc.num_processes, "engine": acc.distributed_type.value}
     run = Run(acc, cfg, student, teacher, cache, processor, opt, sched, train_loader, val_loader, onpolicy_collator,
               settings, steps_per_epoch,
-              history={"label": cfg.label, "steps": [], "epochs": [], "best_val_loss": None, "settings": settings,
-                       "config": cfg.to_dict()})
+              history={"label": cfg.label, "steps": [], "epochs": [], "best_val_loss": None, "settings": settings})
     _restore(run, cfg.runtime.resume)
     if cfg.runtime.report_to != "none":
         acc.init_trackers(cfg.label, config={k: str(v) for k, v in settings.items()})
