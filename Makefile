@@ -7,7 +7,7 @@ PARAMS ?= params/tiny.yaml
 RUN ?= tiny
 LAB_PORT ?= 8888
 
-.PHONY: report test test-fast lab readme compare check-report nbdime clean-reports
+.PHONY: report test test-fast embedded lab readme compare check-report nbdime clean-reports
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP)  ## the import layers, then the test suite (GPU tests are skipped
 test-fast: $(STAMP)  ## the import layers, then the tests not marked slow (no papermill run, no subprocess, no tiny_run)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
+
+# The committed tiny pair under embedded/, rebuilt from the recipe in fslib/world/embedded.py (about an hour on 2 cores;
+# run it in the background). EMBEDDED_ARGS passes options, e.g. EMBEDDED_ARGS="--out /tmp/pair-s1 --build-seed 1".
+embedded: $(STAMP)  ## rebuild the embedded pair (embedded/: weights, processor, recipe.json, build_report.json)
+	$(PY) -m fslib.world.build $(EMBEDDED_ARGS)
 
 # Kernels start in the repository root (fslib.stages.lab), as under papermill, so the notebooks' defaults find reports/.
 lab: $(STAMP)  ## JupyterLab on http://127.0.0.1:$(LAB_PORT) with the project's kernel

@@ -67,9 +67,8 @@ def test_kd_vs_sft_collect_keeps_nothing_from_other_runs(tmp_path):
     assert res["runs"][0]["seconds"] is None and "--collect" in res["environment"]["command"]
 
 
-@pytest.mark.slow
 def test_vision_probe_reads_labels_from_the_scene_and_a_probe_can_fail():
-    vision_probe = _script("vision_probe")
+    from fslib.world import probe as vision_probe
     scene = {"objects": [{"name": "book", "colour": "red", "x": 0.9, "y": 0.1}],
              "hands": [{"x": 0.2, "y": 0.83, "held": {"name": "cup", "colour": "blue"}},
                        {"x": 0.8, "y": 0.83, "held": None}]}

@@ -8,6 +8,7 @@ from test_publish import assert_card_matches
 
 from fslib.core import config
 from fslib.stages import pipeline
+from fslib.world import embedded
 
 
 @pytest.mark.slow
@@ -18,6 +19,11 @@ def test_four_notebooks_end_to_end(tiny_run):
         assert {"params", "exact_match", "f1", "latency_s"} <= set(metrics["models"][name])
     assert metrics["params"]["run_name"] == "e2e" and metrics["params"]["n_train"] == 16
     assert metrics["models"]["teacher"]["params"] > metrics["models"]["student"]["params"]
+    # The default reads the committed pair (embedded/): nothing is built or pre-trained into the run.
+    trainings = json.loads((run / "training.json").read_text())["trainings"]
+    assert trainings["teacher"]["model"]["path"] == str(embedded.PAIR_DIR / "tiny-teacher")
+    assert trainings["sft_student"]["model"]["path"] == str(embedded.PAIR_DIR / "tiny-student")
+    assert not (run / "embedded").exists()
     # With teacher-answered questions: KD on the labelled questions alone is measured too, and the KD student took
     # exactly the SFT baseline's optimizer steps (its epochs are windows over the larger train set).
     assert "exact_match" in metrics["models"]["kd_labelled_student"]

@@ -1,11 +1,9 @@
 """The embedded pair's pre-training: exact labels and captions, disjoint scenes, the stages and the build cache."""
-import json
-
 import pytest
 import torch
 
 from fslib.engine import models
-from fslib.world import embedded, pretrain, synth
+from fslib.world import pretrain, synth
 
 
 def _scene(objects, held=None):
@@ -78,28 +76,3 @@ def test_alignment_keeps_the_vision_tower_frozen(student_path, processor):
     pretrain.align(model, processor, captions=8, questions=0, epochs=1, lr=2e-3)
     assert all(torch.equal(v, model.model.visual.state_dict()[k]) for k, v in visual.items())
     assert all(p.requires_grad for p in model.parameters())  # handed back trainable, as loaded
-
-
-@pytest.mark.slow
-def test_build_runs_pretraining_once_per_machine_and_stamps_it(tmp_path, monkeypatch):
-    small = {"seed": 0, "vision": {"scenes": 32, "epochs": 1, "lr": 1e-3}, "align": {}}
-    preset = {**embedded.EMBEDDED_PRESETS["tiny-student"], "pretrain": small}
-    monkeypatch.setitem(embedded.EMBEDDED_PRESETS, "tiny-student", preset)
-    monkeypatch.setenv(embedded.PRETRAIN_ENV, "1")
-    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "cache"))
-    calls = []
-    real = pretrain.pretrain
-    monkeypatch.setattr(pretrain, "pretrain", lambda *a, **k: calls.append(1) or real(*a, **k))
-    first = embedded.resolve_model("embedded:tiny-student", tmp_path / "run1")
-    second = embedded.resolve_model("embedded:tiny-student", tmp_path / "run2")
-    assert len(calls) == 1  # the second run copied the cached build
-    stamp = json.loads((tmp_path / "run2" / "tiny-student" / "firstsight_embedded.json").read_text())
-    assert stamp["recipe"]["pretrain"]["vision"] == small["vision"] and "f1" in stamp["pretraining"]["vision"]
-    a = models.load_model(first).state_dict()
-    b = models.load_model(second).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    monkeypatch.setenv(embedded.PRETRAIN_ENV, "0")  # a different recipe: rebuilt, without pre-training
-    embedded.resolve_model("embedded:tiny-student", tmp_path / "run2")
-    stamp = json.loads((tmp_path / "run2" / "tiny-student" / "firstsight_embedded.json").read_text())
-    assert stamp["recipe"]["pretrain"] is None and stamp["pretraining"] is None and len(calls) == 1
-

@@ -53,7 +53,10 @@ def run(params_file: str | Path, *, notebooks_dir: str | Path | None = None, sta
         t0 = time.time()
         print(f"[{stage}] running → {target}", flush=True)
         pm.execute_notebook(str(config.notebook_path(stage, notebooks_dir)), str(target), parameters=own,
-                            kernel_name=kernel, progress_bar=False, cwd=str(Path.cwd()),
+                            kernel_name=kernel, cwd=str(Path.cwd()),
+                            # one console line per cell: which cell of how many, and the cell's own description
+                            # (a ``# papermill_description=...`` comment in the long cells), never minutes of silence
+                            progress_bar={"desc": f"[{stage}]", "unit": "cell", "mininterval": 1.0},
                             kernel_manager_class=kernel_manager_class())
         print(f"[{stage}] done in {time.time() - t0:.0f} s", flush=True)
         executed.append(target)

@@ -105,18 +105,15 @@ def pretrain_vision(model, image_processor, *, scenes: int, epochs: int, lr: flo
     visual, merge = model.model.visual, image_processor.merge_size
     n_eval = max(64, scenes // 16)
     records = synth.stream_records("pretrain-vision", scenes + n_eval, seed=seed, video_fraction=0.0, **SCENE)
-    def batches(recs):
-        out = []
-        for start in range(0, len(recs), batch_size):
-            chunk = recs[start:start + batch_size]
-            enc = image_processor(images=[r["image"] for r in chunk], return_tensors="pt")
-            grids = enc["image_grid_thw"]
-            labels = torch.cat([cell_labels(r["scene"], int(g[1]) // merge, int(g[2]) // merge)
-                                for r, g in zip(chunk, grids)])
-            out.append((enc["pixel_values"], grids, labels))
-        return out
+    def encode(chunk):  # per step, not all at once: 16k scenes of pixel values would hold ~5 GB
+        enc = image_processor(images=[r["image"] for r in chunk], return_tensors="pt")
+        grids = enc["image_grid_thw"]
+        labels = torch.cat([cell_labels(r["scene"], int(g[1]) // merge, int(g[2]) // merge)
+                            for r, g in zip(chunk, grids)])
+        return enc["pixel_values"], grids, labels
 
-    train_b, eval_b = batches(records[:scenes]), batches(records[scenes:])
+    chunks = lambda recs: [recs[i:i + batch_size] for i in range(0, len(recs), batch_size)]  # noqa: E731
+    train_b, eval_b = chunks(records[:scenes]), chunks(records[scenes:])
     head = torch.nn.Linear(model.config.vision_config.hidden_size, len(LABELS))
     visual.requires_grad_(True)
     params = [*visual.parameters(), *head.parameters()]
@@ -125,7 +122,7 @@ def pretrain_vision(model, image_processor, *, scenes: int, epochs: int, lr: flo
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)) * max(0.0, 1 - s / total))
     # Positive cells are rare (an object covers 1-3 of 16): weigh them up so "nothing anywhere" is no minimum.
-    stacked = torch.cat([b[2] for b in train_b])
+    stacked = torch.cat([encode(b)[2] for b in train_b[:64]])  # the label rates of the first 64 batches
     pos_weight = ((len(stacked) - stacked.sum(0)) / stacked.sum(0).clamp(min=1)).clamp(max=20.0)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     gen = torch.Generator().manual_seed(seed)
@@ -134,7 +131,7 @@ def pretrain_vision(model, image_processor, *, scenes: int, epochs: int, lr: flo
     with tqdm(total=total, desc="pre-training: vision tower", disable=not progress) as bar:
         for _ in range(epochs):
             for k in torch.randperm(len(train_b), generator=gen).tolist():
-                pixels, grids, labels = train_b[k]
+                pixels, grids, labels = encode(train_b[k])
                 loss = loss_fn(head(visual(pixels, grid_thw=grids).pooler_output), labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -146,8 +143,9 @@ def pretrain_vision(model, image_processor, *, scenes: int, epochs: int, lr: flo
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     visual.eval()
     with torch.no_grad():
-        pred = torch.cat([(head(visual(p, grid_thw=g).pooler_output) > 0).float() for p, g, _ in eval_b])
-    truth = torch.cat([b[2] for b in eval_b])
+        encoded = [encode(b) for b in eval_b]
+        pred = torch.cat([(head(visual(p, grid_thw=g).pooler_output) > 0).float() for p, g, _ in encoded])
+    truth = torch.cat([b[2] for b in encoded])
     tp = (pred * truth).sum(0)
     recall, precision = tp / truth.sum(0).clamp(min=1), tp / pred.sum(0).clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-9)
@@ -165,8 +163,9 @@ def alignment_records(*, captions: int, questions: int, seed: int = 0) -> list[d
 
 
 def align(model, processor, *, captions: int, questions: int, epochs: int, lr: float, batch_size: int = 8,
-          seed: int = 0) -> dict:
-    """Stage 2: the language model (vision tower frozen) learns to describe scenes and answer questions.
+          seed: int = 0, train_vision: bool = False) -> dict:
+    """Stage 2: the language model learns to describe scenes and answer questions; the vision tower stays frozen
+    unless ``train_vision`` (then it is trained with the language model, end to end, as in the real pair's last stages).
 
     Runs the project's own training loop (``fslib.training.loop.train`` with alpha = 0), so it is the code path of 02.
     """
@@ -182,10 +181,11 @@ def align(model, processor, *, captions: int, questions: int, epochs: int, lr: f
 
     records = alignment_records(captions=captions + 64, questions=questions, seed=seed)
     held = records[:64]  # validation: 64 captions
-    pixels = dict(image_min_pixels=56 * 56, image_max_pixels=112 * 112, video_min_pixels=56 * 56,
-                  video_max_pixels=112 * 112, video_total_pixels=112 * 112 * 8)
+    side = SCENE["image_size"]
+    pixels = dict(image_min_pixels=56 * 56, image_max_pixels=side * side, video_min_pixels=56 * 56,
+                  video_max_pixels=side * side, video_total_pixels=side * side * 8)
     collator = collate.VQACollator(processor, pixels, max_length=256)
-    model.model.visual.requires_grad_(False)
+    model.model.visual.requires_grad_(train_vision)
     with tempfile.TemporaryDirectory(prefix="firstsight-align-") as tmp:
         cfg = DistillConfig(label="pre-training: alignment", out_dir=tmp, model=ModelConfig(path=""),
                             data=DataConfig(data_dir="", pixels=pixels, max_length=256),
