@@ -34,6 +34,7 @@ def save_resume(acc, out_dir: Path, state: dict) -> Path:
         fresh_tmp(out)
     acc.wait_for_everyone()
     acc.save_state(str(tmp), safe_serialization=True)
+    acc.wait_for_everyone()  # every process's files (its shard, its RNG state) are in tmp before the rename
     if acc.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, default=str) + "\n")
         replace_dir(tmp, out)

@@ -81,15 +81,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(cfg: DistillConfig, *, num_processes: int, config_file: str, timeout: int | None = None) -> dict:
-    """Run the training ``cfg`` on ``num_processes`` processes with ``accelerate launch``; return rank 0's history."""
+def launch(cfg: DistillConfig, *, num_processes: int, config_file: str, timeout: int | None = None,
+           entry: tuple[str, ...] = ("-m", "fslib.training.jobs")) -> dict:
+    """Run the training ``cfg`` on ``num_processes`` processes with ``accelerate launch``; return rank 0's history.
+    ``entry`` is what every process runs, given the config's path (a test passes a script that wraps ``main``)."""
     engine = Path(config_file)
     engine = engine if engine.exists() else REPO_ROOT / engine
     if not engine.exists():
         raise FileNotFoundError(f"accelerate config {config_file} not found (see configs/accelerate/)")
     spec = cfg.write()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(engine), "--num_processes",
-           str(num_processes), "--main_process_port", str(_free_port()), "-m", "fslib.training.jobs", str(spec)]
+           str(num_processes), "--main_process_port", str(_free_port()), *entry, str(spec)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # the notebook shows the processes' output as it comes
         print(line, end="")

@@ -86,9 +86,36 @@ def accelerator(out_dir: Path, report_to: str):
     # cpu=True where there is no GPU: launched processes then form a gloo group (accelerate's MULTI_CPU); without it,
     # each launched process would silently train alone on its own data.
     # The schedule counts global optimizer steps: accelerate's default would step it once per process per step.
-    return Accelerator(cpu=not gpu, mixed_precision="bf16" if gpu else "no", step_scheduler_with_optimizer=False,
-                       log_with=None if report_to == "none" else report_to,
-                       project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
+    acc = Accelerator(cpu=not gpu, mixed_precision="bf16" if gpu else "no", step_scheduler_with_optimizer=False,
+                      log_with=None if report_to == "none" else report_to,
+                      project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
+    if not gpu:
+        _fsdp_on_cpu(acc)
+    return acc
+
+
+def _fsdp_on_cpu(acc) -> None:
+    """Honour an FSDP launch (configs/accelerate/fsdp.yaml) on CPU processes, as tests/test_fsdp.py runs it.
+
+    accelerate (1.15) turns FSDP on only for GPU-like devices: on CPU the launched processes come up as MULTI_CPU, so
+    the student would silently be replicated (DDP) instead of sharded. Here the launch's plugin (read from the
+    ``FSDP_*`` variables, as accelerate does on GPUs) is put in place, after which ``prepare``, ``clip_grad_norm_``,
+    ``get_state_dict`` and ``save_state``/``load_state`` take accelerate's own FSDP2 code on gloo, the GPU's path.
+    """
+    import os
+
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true"
+            or acc.distributed_type != DistributedType.MULTI_CPU):
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ValueError("FSDP on CPU processes runs fsdp_version 2 only (configs/accelerate/fsdp.yaml)")
+    for state in (PartialState(), acc.state):  # both: a later AcceleratorState() copies PartialState's fields over
+        state.distributed_type = DistributedType.FSDP
+    acc.state.fsdp_plugin = plugin
 
 
 def _sharded(acc) -> bool:
@@ -117,18 +144,23 @@ def _optimizer(model, *, lr, weight_decay, warmup_ratio, total_steps):
     return opt, get_cosine_schedule_with_warmup(opt, int(warmup_ratio * total_steps), total_steps)
 
 
+def deepspeed_fill(ds: dict, *, batch_size: int, max_grad_norm: float) -> None:
+    """Complete the DeepSpeed config (``DeepSpeedPlugin.deepspeed_config``) in place. No dataloader goes through
+    ``prepare`` (the sampler shards), so DeepSpeed's "auto" batch sizes are filled here. Accumulation is ours
+    (token-weighted, boundaries set per step), so DeepSpeed's own count stays 1; clipping is the run's."""
+    ds.update(train_micro_batch_size_per_gpu=batch_size, gradient_accumulation_steps=1, gradient_clipping=max_grad_norm)
+    ds.pop("train_batch_size", None)
+
+
 def _prepare(acc, student, *, batch_size: int, max_grad_norm: float, **opt_kw):
-    """Wrap the student for the engine. DeepSpeed takes model and optimizer together; FSDP wants the model wrapped
-    before the optimizer sees its parameters."""
+    """Wrap the student for the engine. DeepSpeed and FSDP2 take model and optimizer together (FSDP2: accelerate
+    shards the model, then points the optimizer at the sharded parameters); FSDP1 wants the model wrapped before the
+    optimizer sees its parameters."""
     from accelerate.utils import DistributedType
 
     if acc.distributed_type == DistributedType.DEEPSPEED:
-        ds = acc.state.deepspeed_plugin.deepspeed_config
-        # No dataloader goes through prepare (the sampler shards), so DeepSpeed's "auto" batch sizes are filled here.
-        # Accumulation is ours (token-weighted, boundaries set per step), so DeepSpeed's own count stays 1.
-        ds.update(train_micro_batch_size_per_gpu=batch_size, gradient_accumulation_steps=1,
-                  gradient_clipping=max_grad_norm)
-        ds.pop("train_batch_size", None)
+        deepspeed_fill(acc.state.deepspeed_plugin.deepspeed_config, batch_size=batch_size, max_grad_norm=max_grad_norm)
+    if acc.distributed_type == DistributedType.DEEPSPEED or acc.is_fsdp2:
         opt, sched = _optimizer(student, **opt_kw)
         return acc.prepare(student, opt, sched)
     student = acc.prepare(student)
