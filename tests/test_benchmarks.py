@@ -30,7 +30,13 @@ def test_kd_vs_sft_collect_reads_each_seed_and_averages_per_type(tmp_path):
         em = dict(zip(names, (0.5, kd, 0.4, 0.3, 0.0)))
         per_type = {"count": dict(zip(names, (1.0, count_kd, 0.5, 0.0, 0.0))),
                     "colour": dict(zip(names, (0.0, 0.5, 0.5, 0.5, 0.0)))}
-        (run / "metrics.json").write_text(json.dumps(_metrics(em, per_type)))
+        metrics = _metrics(em, per_type)
+        if seed == 0:  # the KD student's interval wholly above the SFT-only student's on this seed only
+            metrics["models"]["student"]["exact_match_ci"] = [0.45, 0.55]
+            metrics["models"]["sft_student"]["exact_match_ci"] = [0.2, 0.4]
+        metrics["blind"] = {"prior_baseline": {"exact_match": 0.2}}
+        metrics["models"]["teacher"]["blind_exact_match"] = 0.3
+        (run / "metrics.json").write_text(json.dumps(metrics))
     out = tmp_path / "out.json"
     out.write_text(json.dumps({"runs": [{"run": str(tmp_path / "reports" / "kd-vs-sft-seed0"), "seconds": 12.5}],
                                "params": "params/tiny.yaml", "seeds": [0, 1],
@@ -40,7 +46,13 @@ def test_kd_vs_sft_collect_reads_each_seed_and_averages_per_type(tmp_path):
     res = json.loads(out.read_text())
     assert res["mean_exact_match"]["kd"] == 0.375 and res["mean_exact_match"]["sft"] == 0.3
     assert res["mean_per_type"]["count"] == {"teacher": 1.0, "kd": 0.5, "kd_labelled": 0.5, "sft": 0.0, "base": 0.0}
-    assert abs(res["targets"]["kd_minus_sft"] - 0.075) < 1e-12 and res["targets"]["kd_over_teacher"] == 0.75
+    t = res["targets"]
+    assert abs(t["kd_minus_sft"]["value"] - 0.075) < 1e-12 and t["kd_minus_sft"]["met"] is False
+    assert t["kd_over_teacher"] == {"value": 0.75, "target": 0.9, "met": False}
+    assert t["seeds_with_separated_cis"] == {"value": 1, "target": 2, "met": False}
+    assert t["teacher_worst_type"]["value"] == 0.0 and t["base_exact_match"]["met"] is True
+    assert abs(t["teacher_blind_minus_prior"]["value"] - 0.1) < 1e-12 and t["teacher_blind_minus_prior"]["met"] is False
+    assert res["builds"][0]["shipped"] and abs(res["builds"][0]["kd_minus_sft"] - 0.075) < 1e-12
     assert [r["seconds"] for r in res["runs"]] == [12.5, None]  # the full run's time is kept; unknown stays unknown
     assert res["environment"]["command"] == "python benchmarks/kd_vs_sft.py "
     assert res["environment"]["collected_by"].endswith("--collect --seeds 0 1 --reports-dir "
@@ -112,3 +124,24 @@ def test_cache_tail_mass_is_the_teacher_mass_outside_its_top_k(teacher_path, stu
 def test_cache_tail_names_a_run_that_is_not_there(tmp_path):
     with pytest.raises(SystemExit, match="make report"):
         _script("cache_tail").main(["--run", str(tmp_path), "--out", str(tmp_path / "x.json")])
+
+
+def test_kd_vs_sft_records_another_build_under_builds(tmp_path):
+    from fslib.world import embedded
+
+    kd_vs_sft = _script("kd_vs_sft")
+    names = ("teacher", "student", "kd_labelled_student", "sft_student", "base_student")
+    for run_name, kd in (("kd-vs-sft-seed0", 0.5), ("kd-vs-sft-build1-seed0", 0.45)):
+        run = tmp_path / "reports" / run_name
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps(_metrics(dict(zip(names, (0.6, kd, 0.4, 0.3, 0.1))), {})))
+    pair = tmp_path / "pair-s1"
+    pair.mkdir()
+    (pair / embedded.RECIPE_FILE).write_text(json.dumps(embedded.recipe(build_seed=1)))
+    out = tmp_path / "out.json"
+    kd_vs_sft.main(["--collect", "--seeds", "0", "--reports-dir", str(tmp_path / "reports"), "--out", str(out),
+                    "--build-pair", str(pair)])
+    res = json.loads(out.read_text())
+    other = [b for b in res["builds"] if not b["shipped"]]
+    assert [(b["build_seed"], round(b["kd_minus_sft"], 6)) for b in other] == [(1, 0.15)]
+    assert res["targets"]["build1_kd_minus_sft"]["met"] is True

@@ -65,7 +65,7 @@ def test_save_dataset_round_trip(tmp_path):
         else:
             assert rec["image"] is None and [f.tobytes() for f in rec["video"]] == [f.tobytes() for f in orig["video"]]
     card = (out / "README.md").read_text()
-    assert "generator_version | 1.0" in card and "| seed | 1 |" in card
+    assert f"generator_version | {synth.GENERATOR_VERSION}" in card and "| seed | 1 |" in card
     for name, recs in splits.items():
         assert f"| {name} | {len(recs)} | {len(recs)} |" in card
     n_count = sum(r["qtype"] == "count" for r in splits["train"])
