@@ -65,3 +65,11 @@ def test_kernels_talk_over_unix_sockets_not_tcp():
     km = pipeline.kernel_manager_class()(kernel_name="python3")
     assert km.transport == "ipc"
     assert pipeline.kernel_manager_class()(kernel_name="python3", transport="tcp").transport == "tcp"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="Unix sockets")
+def test_each_kernel_has_sockets_of_its_own():
+    """Two pipelines side by side (kd_vs_sft.py --jobs) must not share socket files: they talked to each other's
+    kernels when every kernel used jupyter_client's default ``kernel-ipc-<n>`` in the working directory."""
+    a, b = (pipeline.kernel_manager_class()(kernel_name="python3") for _ in range(2))
+    assert a.ip != b.ip and os.path.isabs(a.ip) and "kernel-ipc" not in a.ip

@@ -22,16 +22,25 @@ def kernel_manager_class():
     """Kernels that talk to papermill over Unix sockets (IPC) where the OS has them, else jupyter_client's default.
 
     Over TCP, ipykernel warns at every start that the connection is unencrypted, and each kernel opens five local
-    ports; Unix sockets in the Jupyter runtime folder do neither, and jupyter_client removes them at shutdown.
+    ports; Unix sockets in the Jupyter runtime folder do neither, and jupyter_client removes them at shutdown. Each
+    kernel gets sockets of its own name: jupyter_client's default (``kernel-ipc-<n>`` in the working directory) is the
+    same for every kernel, so pipelines run side by side (``benchmarks/kd_vs_sft.py --jobs``) talked to each other's
+    kernels ("Invalid Signature").
     """
+    import uuid
+
     from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
 
     if os.name != "posix":
         return AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
-            super().__init__(**{"transport": "ipc", **kwargs})
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True)
+            ip = str(runtime / f"firstsight-{uuid.uuid4().hex[:12]}")
+            super().__init__(**{"transport": "ipc", "ip": ip, **kwargs})
 
     return IPCKernelManager
 
