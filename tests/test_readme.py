@@ -61,14 +61,21 @@ def test_kd_vs_sft_block_is_read_from_the_benchmark_json(tmp_path):
                                                       "sft": 0.35, "teacher_blind": 0.2}} for s in (0, 1)]
     res = {"runs": runs, "mean_exact_match": {"teacher": 0.5, "kd": 0.405, "kd_labelled": 0.38, "sft": 0.35,
                                               "teacher_blind": 0.2},
-           "targets": {"kd_minus_sft": 0.055, "kd_minus_sft_target": 0.03, "kd_over_teacher": 0.81,
-                       "kd_over_teacher_target": 0.9},
+           "targets": {"kd_minus_sft": {"value": 0.055, "target": 0.10, "met": False},
+                       "kd_over_teacher": {"value": 0.81, "target": 0.9, "met": False},
+                       "base_exact_match": {"value": 0.3, "target": 0.45, "met": True},
+                       "seeds_with_separated_cis": {"value": 2, "target": 2, "met": True},
+                       "build1_kd_minus_sft": {"value": 0.08, "target": 0.07, "met": True}},
            "params": "params/tiny.yaml", "environment": {"command": "python benchmarks/kd_vs_sft.py"}}
     path = tmp_path / "kd_vs_sft.json"
     path.write_text(json.dumps(res))
     block = readme.kd_vs_sft_block(path)
     assert "| seed 1 | 0.500 | 0.410 | 0.380 | 0.350 | 0.200 |" in block
-    assert "+0.055" in block and "target ≥ +0.03: met" in block and "0.81 (target ≥ 0.90: **not met**)" in block
+    assert "| KD − SFT (mean of seeds) | +0.055 | ≥ 0.10 | **not met** |" in block
+    assert "| KD / teacher | 0.810 | ≥ 0.90 | **not met** |" in block
+    assert "| student's starting weights | 0.300 | ≤ 0.45 | met |" in block
+    assert "| seeds whose 95% CIs (KD above SFT) do not overlap | 2 | ≥ 2 | met |" in block
+    assert "| KD − SFT, another build (build seed 1) | +0.080 | ≥ 0.07 | met |" in block
     assert "Per question type" not in block  # older results have no per-type means
     res["mean_per_type"] = {"count": {"teacher": 0.6, "kd": 0.5, "kd_labelled": 0.45, "sft": 0.3, "base": None}}
     path.write_text(json.dumps(res))
@@ -149,3 +156,21 @@ def test_user_data_block_is_read_from_the_benchmark_json(tmp_path):
     assert "| SFT-only student | 0.648 [0.600, 0.700] |" in block
     assert "teacher 0.280 (blind 0.270)" in block and "The teacher is not worth distilling" in block
     assert "`digits_vqa` (train 10 rows)" in block and "commit `0123456789ab`" in block
+
+
+def test_embedded_block_is_read_from_the_build_report(tmp_path):
+    q = lambda em: {"n": 4, "exact_match": em, "blind_exact_match": 0.25, "prior_baseline": 0.3,  # noqa: E731
+                    "per_type": {"count": {"exact_match": em / 2}}}
+    model = lambda em: {"parameters": {"params_language": 1000, "params_vision": 500},  # noqa: E731
+                        "vision_probe": {"object_category": {"accuracy": 0.7}}, "questions": q(em)}
+    res = {"measured": {"models": {"tiny-teacher": model(0.9), "tiny-student": model(0.4)},
+                        "settings": {"questions": 4, "scenes": 9, "image_size": 112}},
+           "sizes": {"tiny-teacher": {"safetensors_bytes": 2**20}, "tiny-student": {"safetensors_bytes": 2**21}},
+           "wall_seconds": 60, "commit": "abcdef1234567", "recipe_budget": "full", "build_seed": 0,
+           "pretraining": {"tiny-teacher": {"seconds": 1800}, "tiny-student": {"seconds": 600}}}
+    path = tmp_path / "build_report.json"
+    path.write_text(json.dumps(res))
+    block = readme.embedded_block(path)
+    assert "| **exact match, probe questions** | **0.900** | **0.400** |" in block
+    assert "| `count` | 0.450 | 0.200 |" in block and "| weights (safetensors) | 1.0 MiB | 2.0 MiB |" in block
+    assert "(`tiny-teacher` 30 min, `tiny-student` 10 min;" in block and "measured in 1 min, at commit `abcdef123456`" in block

@@ -227,7 +227,8 @@ def test_full_path_projects_only_answer_positions_and_equals_kd_loss_on_every_po
     assert out.n_tokens == ref.n_tokens and out.loss.item() == pytest.approx(ref.loss.item(), rel=1e-6)
     for name, p in student.named_parameters():
         if p.grad is not None:
-            assert torch.allclose(grads[name], p.grad, atol=1e-7, rtol=1e-5), name
+            # float sums in another order: ~1e-5 relative on the trained pair's small gradients
+            assert torch.allclose(grads[name], p.grad, atol=1e-7, rtol=1e-4), name
 
 
 @pytest.mark.parametrize("patience, epochs_run", [(0, 4), (1, 2), (2, 3)])

@@ -57,6 +57,15 @@ def load_model(path: str, *, dtype: str = "float32", quantization: str = "none",
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of: {', '.join(_DTYPES)}")
     torch_dtype = _DTYPES[dtype]
+    from fslib.engine import randominit
+
+    if randominit.is_random_folder(path):  # random-init:<preset>: the real shapes, weights built here (no files)
+        load_dtype = "bfloat16" if dtype == "auto" else dtype  # the released checkpoints' dtype
+        if quantization in ("none", "", None):
+            model = randominit.load(path, dtype=load_dtype)  # eval mode, as from_pretrained returns a model
+            model.requires_grad_(not frozen)
+            return model
+        path = randominit.materialise(path, load_dtype)  # bitsandbytes quantises a checkpoint as it loads it
     qconf = quantization_config(quantization, torch.float32 if torch_dtype == "auto" else torch_dtype)
     model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=torch_dtype, quantization_config=qconf, device_map=device_map,

@@ -196,6 +196,31 @@ def student_trainings(P: dict, out: Path, *, student_path: str, teacher_path: st
     return plan
 
 
+def memory_plan(plan: dict[str, DistillConfig], P: dict, out: Path) -> pd.DataFrame:
+    """Each training's predicted peak memory and time on this machine's device (``fslib.training.plan``, as
+    ``python -m fslib.plan`` prints it), before anything is loaded; a warning, with what to change, for every training
+    predicted above the device's memory."""
+    from fslib.training import plan as planner
+    from fslib.training.plan import weights, workload
+
+    if not plan:
+        return pd.DataFrame()
+    dev, how = planner.this_device()
+    stats = workload.read_stats(out)
+    work = workload.from_params({**(stats or {}).get("params", {}), **P}, stats=stats)
+    engine = weights.engine_of(P["accelerate_config"], P["num_processes"])
+    plans = {label: planner.plan(planner.job_for(cfg, work, dev, engine=engine, processes=P["num_processes"]))
+             for label, cfg in plan.items()}
+    print(f"Memory plan on {how}; {work.sources}.", flush=True)
+    for label, p in plans.items():
+        if not p["fits"]:
+            change = "; ".join(", ".join(f"{k}={v}" for k, v in a["params"].items())
+                               + f" -> {a['total_bytes'] / 2**30:.1f} GiB" for a in p["advice"][:3])
+            print(f"WARNING: {label} is predicted to need {p['total_bytes'] / 2**30:.1f} GiB, above the "
+                  f"{p['device']['usable_bytes'] / 2**30:.1f} GiB usable here. Change: {change}", flush=True)
+    return pd.DataFrame({label: planner.table_row(p) for label, p in plans.items()})
+
+
 def run_trainings(plan: dict[str, DistillConfig], P: dict) -> dict[str, dict]:
     """Each training in this process, or on ``num_processes`` processes through accelerate; their histories."""
     return {label: jobs.run_job(cfg, num_processes=P["num_processes"], config_file=P["accelerate_config"])
