@@ -4,7 +4,7 @@
 language model already taught to read it. The embedded pair is built from random weights, and the few hundred
 question-answer pairs of the tiny default cannot teach a random tower to see: without pre-training the tiny
 teacher answers from the question text alone (its accuracy equals the blind control's). Each embedded model is
-therefore pre-trained once, when it is built, in two stages:
+therefore pre-trained once, by ``make embedded`` (``fslib.world.build``), in two stages:
 
 1. **Vision** (as CLIP/DFN pre-training): the vision tower and its merger learn to *label every visual token*: which
    object categories, colours and hands the 28x28-pixel cell under the token shows, and where in the image the cell
@@ -17,7 +17,8 @@ therefore pre-trained once, when it is built, in two stages:
 
 All scenes come from their own seed streams (``fslib.world.synth.stream_records``), disjoint from every train, val, test,
 ood and unlabelled scene, and never show the default held-out colour-object pairs. Labels and captions are exact, read
-from each scene's layout. The recipe is part of the embedded model's build stamp: a change rebuilds the model.
+from each scene's layout. The recipe is part of ``embedded/recipe.json``: a change makes the committed pair stale
+until it is rebuilt.
 
 Fine-tuning a pre-trained tower with AdamW at the tiny default's learning rate undid it: with the tower trainable,
 the teacher's answers were the same with and without the image; with it frozen, colour questions were answered from
@@ -32,8 +33,8 @@ import torch
 
 from fslib.world import synth
 
-# Part of each embedded build's cache key (fslib.world.embedded): bump it whenever a code change alters what pre-training
-# computes, so no machine keeps serving a build of older code. Float rounding counts: which positions the loss projects
+# Part of the pair's recipe (fslib.world.embedded.recipe): bump it whenever a code change alters what pre-training
+# computes, so the committed pair is rebuilt rather than kept from older code. Float rounding counts: which positions the loss projects
 # logits at (fslib.engine.losspaths) changes the alignment stage's rounding and so the language models' weights.
 PRETRAIN_VERSION = 2
 CAPTION_PROMPT = "Describe what I see."
