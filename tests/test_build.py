@@ -70,13 +70,18 @@ def test_tiny_budget_build_runs_the_command_and_is_deterministic(tmp_path, monke
             embedded.EMBEDDED_PRESETS[name]["hidden"]
     # The same command again gives the same weights; an interrupted build keeps what it finished.
     calls = []
+    threads = torch.get_num_threads()
     real = build.build_model
     monkeypatch.setattr(build, "build_model", lambda folder, name, *a, **k: calls.append(name) or real(folder, name, *a, **k))
     parts = tmp_path / "again.parts"
-    real(parts / "tiny-teacher", "tiny-teacher", embedded.recipe(budget="tiny")["models"]["tiny-teacher"],
-         embedded.build_tiny_processor(embedded.default_corpus(), **embedded.TINY_PIXELS), progress=False)
-    stamp = (parts / "tiny-teacher" / "firstsight_embedded.json").stat().st_mtime_ns
-    build.build(tmp_path / "again", budget="tiny", progress=False)
+    torch.set_num_threads(1)  # as the command ran (--threads 1): another thread count sums floats in another order
+    try:
+        real(parts / "tiny-teacher", "tiny-teacher", embedded.recipe(budget="tiny")["models"]["tiny-teacher"],
+             embedded.build_tiny_processor(embedded.default_corpus(), **embedded.TINY_PIXELS), progress=False)
+        stamp = (parts / "tiny-teacher" / "firstsight_embedded.json").stat().st_mtime_ns
+        build.build(tmp_path / "again", budget="tiny", progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert calls == ["tiny-teacher", "tiny-student"]
     for name in embedded.EMBEDDED_PRESETS:
         a, b = (load_file(str(d / name / "model.safetensors")) for d in (out, tmp_path / "again"))
