@@ -8,26 +8,8 @@ from __future__ import annotations
 
 import torch
 
-# Qwen2-VL's special tokens, in the order the real tokenizer appends them after its BPE vocabulary.
-QWEN2VL_SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-)
-
-# Qwen2-VL-Instruct's chat template, verbatim from the released tokenizer_config.json.
-QWEN2VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
-    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
-    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
-    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
-    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
-    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
-    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n{% endif %}"
-)
+from fslib.engine.counts import param_counts  # noqa: F401  (callers import it from here)
+from fslib.engine.qwentok import QWEN2VL_CHAT_TEMPLATE, QWEN2VL_SPECIAL_TOKENS  # noqa: F401
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -84,15 +66,6 @@ def load_processor(path: str, *, trust_remote_code: bool = False):
         raise RuntimeError(f"AutoProcessor for {path} returned {type(processor).__name__}, not a Qwen2-VL processor; "
                            "is torchvision installed (needed by Qwen2VLVideoProcessor)?")
     return processor
-
-
-def param_counts(model) -> dict:
-    """Total, vision-tower and language-model parameter counts (``sum(p.numel())``, as the model cards count)."""
-    total = sum(p.numel() for p in model.parameters())
-    inner = getattr(model, "model", model)
-    visual = getattr(inner, "visual", None)
-    vision = sum(p.numel() for p in visual.parameters()) if visual is not None else 0
-    return {"params": total, "params_vision": vision, "params_language": total - vision}
 
 
 def describe(model) -> dict:

@@ -116,7 +116,7 @@ def meta_counts(preset_or_config) -> dict:
     """Parameter counts (total, vision, language) of a preset, built on the ``meta`` device: no memory allocated."""
     from transformers import Qwen2VLForConditionalGeneration
 
-    from fslib.engine.models import param_counts
+    from fslib.engine.counts import param_counts
 
     cfg = config(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
     with torch.device("meta"):
