@@ -34,8 +34,36 @@ PROBE = {"scenes": 1500, "questions": 480, "prior": 320}  # probe stream sizes o
 TINY_PROBE = {"scenes": 24, "questions": 16, "prior": 16}
 
 
-def build_model(folder: Path, name: str, model_recipe: dict, processor, *, progress: bool = True) -> Path:
-    """One preset: random init from its seed, pre-training as its recipe says, saved (safetensors) with the processor."""
+def stored_vision_key(stamp: dict) -> dict:
+    """The ``pretrain.vision_key`` of a built model from its ``firstsight_embedded.json`` (builds before the key was
+    stored: pre-training version 2's vision stage is today's, ``pretrain.VISION_VERSION``)."""
+    if "vision_key" in stamp:
+        return stamp["vision_key"]
+    return {**pretrain.vision_key(stamp["recipe"]), "vision_version": stamp["pretraining"]["version"]}
+
+
+def reusable_tower(source: Path | None, name: str, model_recipe: dict) -> dict | None:
+    """The vision stage's result from an earlier build's ``source/name`` when its vision key equals this recipe's
+    (same seed, stage recipe, tower shape and stage code); None when there is none or it differs (the stage runs)."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    stamp_path = source / name / "firstsight_embedded.json" if source else None
+    if stamp_path is None or not stamp_path.exists():
+        return None
+    stamp = json.loads(stamp_path.read_text())
+    if stored_vision_key(stamp) != pretrain.vision_key(model_recipe):
+        print(f"[build] {name}: the tower in {source} was built from another vision recipe; training it", flush=True)
+        return None
+    old = Qwen2VLForConditionalGeneration.from_pretrained(source / name)
+    print(f"[build] {name}: vision stage reused from {source / name} (same vision key)", flush=True)
+    return {"state_dict": old.model.visual.state_dict(), "report": stamp["pretraining"]["vision"],
+            "source": {"folder": str(source / name), "commit": stamp.get("commit")}}
+
+
+def build_model(folder: Path, name: str, model_recipe: dict, processor, *, progress: bool = True,
+                towers_from: Path | None = None) -> Path:
+    """One preset: random init from its seed, pre-training as its recipe says, saved (safetensors) with the processor.
+    With ``towers_from``, a tower of an earlier build with the same vision key is reused instead of retrained."""
     from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
 
     stamp = folder / "firstsight_embedded.json"
@@ -50,12 +78,14 @@ def build_model(folder: Path, name: str, model_recipe: dict, processor, *, progr
     model.generation_config = GenerationConfig(
         bos_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
         eos_token_id=[tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id], do_sample=False)
-    report = pretrain.pretrain(model, processor, model_recipe["pretrain"], progress=progress)
+    report = pretrain.pretrain(model, processor, model_recipe["pretrain"], progress=progress,
+                               tower=reusable_tower(towers_from, name, model_recipe))
     with fsio.atomic_dir(folder) as tmp:  # a half-built folder is never mistaken for a model
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         fsio.write_json(tmp / stamp.name, {"recipe": model_recipe, "pretraining": report,
-                                           "seconds": round(time.time() - t0, 1)})
+                                           "vision_key": pretrain.vision_key(model_recipe),
+                                           "commit": provenance.git_sha(), "seconds": round(time.time() - t0, 1)})
     print(f"[build] {name}: done in {time.time() - t0:.0f} s", flush=True)
     return folder
 
@@ -94,7 +124,7 @@ def _sizes(folder: Path) -> dict:
 
 
 def build(out: str | Path, *, budget: str = "full", build_seed: int = 0, progress: bool = True,
-          only: str | None = None) -> dict | None:
+          only: str | None = None, towers_from: str | Path | None = None) -> dict | None:
     """Build the pair into ``out`` (replaced in one step when finished) and return its build report. With ``only``,
     build just that model into ``<out>.parts/`` (no report): two such processes build the pair in parallel, and a
     plain call afterwards keeps both and measures them."""
@@ -104,9 +134,11 @@ def build(out: str | Path, *, budget: str = "full", build_seed: int = 0, progres
     parts = out.with_name(out.name + ".parts")
     processor = embedded.build_tiny_processor(embedded.default_corpus(), **recipe["pixels"])
     if only is not None:
-        build_model(parts / only, only, recipe["models"][only], processor, progress=progress)
+        build_model(parts / only, only, recipe["models"][only], processor, progress=progress,
+                    towers_from=towers_from and Path(towers_from))
         return None
-    folders = {name: build_model(parts / name, name, r, processor, progress=progress)
+    folders = {name: build_model(parts / name, name, r, processor, progress=progress,
+                                 towers_from=towers_from and Path(towers_from))
                for name, r in recipe["models"].items()}
     report = {"recipe_budget": budget, "build_seed": build_seed, "commit": provenance.git_sha(),
               "pretraining": {n: json.loads((f / "firstsight_embedded.json").read_text()) for n, f in folders.items()},
@@ -133,10 +165,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--only", choices=list(embedded.EMBEDDED_PRESETS), default=None,
                     help="build only this model into <out>.parts/ (run one process per model, then once without it)")
+    ap.add_argument("--towers-from", default=None,
+                    help="an earlier built pair whose vision towers to reuse where their vision key (seed, vision "
+                         "recipe, tower shape, stage version) equals this recipe's; the others are trained")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = build(args.out, budget=args.budget, build_seed=args.build_seed, progress=True, only=args.only)
+    report = build(args.out, budget=args.budget, build_seed=args.build_seed, progress=True, only=args.only,
+                   towers_from=args.towers_from)
     if report is None:
         return 0
     teacher = report["measured"]["models"]["tiny-teacher"]["questions"]

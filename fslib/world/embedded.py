@@ -27,34 +27,40 @@ EMBEDDED_PREFIX = "embedded:"
 # both have the same 3-block vision tower and 4 text layers, and the teacher's text model is twice as wide. Its
 # output layer is padded 128 rows further (152,064 vs 151,936 in the real pair), so vocabulary alignment is always
 # exercised. head_dim is 32 for every text model, so mrope_section sums to head_dim / 2 = 16.
-# ``pretrain`` is the recipe of ``fslib.world.pretrain`` (vision tower, then alignment with the tower frozen), built once
-# by ``make embedded`` and committed. Both towers see 16,384 scenes four times: the vision probe's object-category
-# accuracy grew with scenes (0.36 at 1,024, 0.49 at 4,096, with generator 1.0's objects; 0.50 and 0.73 with
-# generator 1.1's larger ones). Both real models are -Instruct checkpoints, so both tiny ones are also
-# instruction-tuned on task-style questions from their own scene streams: the teacher on twelve times as many as the
-# student (24,000 vs 2,000), as a 7B-Instruct has seen far more than our labels, and its language model kept
-# improving with more (teacher EM on the probe stream 0.38 after 8,000 questions twice, 0.43 after 16,000 more). A
-# student pre-trained without questions could not learn to count from the task's few hundred examples, with the
-# teacher's soft labels or without them: it answered "1" to every count question.
+# ``pretrain`` is the recipe of ``fslib.world.pretrain``, built once by ``make embedded`` and committed: the vision
+# tower first (both towers see 16,384 scenes four times: the vision probe's object-category accuracy grew with scenes,
+# 0.36 at 1,024, 0.49 at 4,096, with generator 1.0's objects; 0.50 and 0.73 with generator 1.1's larger ones), then the
+# language model on the frozen tower's cached tokens (``fslib.world.language``; batches of 64 at 1e-3, the levers
+# measured by ``benchmarks/lm_probe.py``). Both real models are -Instruct checkpoints, so both tiny ones also learn
+# task-style questions: the teacher until it answers them well (a 7B-Instruct has seen far more than our labels), the
+# student only until its probe EM reaches ``stop_at_em`` (0.40), so that its starting weights read images (captions)
+# and leave the task to 02. At this size a decoded token costs about a fixed overhead plus one step per layer, so the
+# student has half the teacher's depth as well as half its width (decode 2.4 vs 1.1 ms/token for 4x128 vs 2x64 on one
+# core, random weights, fslib.evaluation.bench.measure_latency).
 _VISION = {"scenes": 16384, "epochs": 4, "lr": 2e-3}
+_LANGUAGE = {"batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "probe_questions": 240, "video_fraction": 0.25}
 EMBEDDED_PRESETS: dict[str, dict] = {
     "tiny-teacher": dict(hidden=128, layers=4, heads=4, kv_heads=2, ffn=512,
                          vis_depth=3, vis_dim=128, vis_heads=4, vocab_pad=128, seed=1,
                          pretrain={"seed": 1, "vision": _VISION,
-                                   "align": {"captions": 3000, "questions": 24000, "epochs": 2, "lr": 2e-3}}),
-    "tiny-student": dict(hidden=64, layers=4, heads=2, kv_heads=1, ffn=256,
+                                   "language": {**_LANGUAGE, "captions": 4000, "questions": 24000,
+                                                "examples": 160000, "eval_every": 250}}),
+    "tiny-student": dict(hidden=64, layers=2, heads=2, kv_heads=1, ffn=256,
                          vis_depth=3, vis_dim=128, vis_heads=4, vocab_pad=0, seed=2,
                          pretrain={"seed": 2, "vision": _VISION,
-                                   "align": {"captions": 2000, "questions": 2000, "epochs": 2, "lr": 2e-3}}),
+                                   "language": {**_LANGUAGE, "captions": 8000, "questions": 2000,
+                                                "examples": 64000, "eval_every": 50, "stop_at_em": 0.40}}),
 }
 # The committed pair (``make embedded`` builds it, ``fslib.world.build``): one folder per preset, the recipe it was built
 # from and its build report. FIRSTSIGHT_PAIR points runs at another built pair (a second build seed, a candidate).
 PAIR_DIR = REPO_ROOT / "embedded"
 PAIR_ENV = "FIRSTSIGHT_PAIR"
 RECIPE_FILE, REPORT_FILE = "recipe.json", "build_report.json"
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 # What the ``tiny`` budget builds: every stage of the recipe for a few steps (seconds; the tests and CI use it).
-TINY_BUDGET = {"vision": {"scenes": 16, "epochs": 1}, "align": {"captions": 8, "questions": 8, "epochs": 1}}
+TINY_BUDGET = {"vision": {"scenes": 16, "epochs": 1},
+               "language": {"captions": 8, "questions": 8, "batch_size": 8, "examples": 32, "eval_every": 2,
+                            "warmup_steps": 2, "probe_questions": 8}}
 TINY_PIXELS = dict(min_pixels=56 * 56, max_pixels=112 * 112)
 
 

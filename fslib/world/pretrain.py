@@ -11,9 +11,9 @@ therefore pre-trained once, by ``make embedded`` (``fslib.world.build``), in two
    is. The position targets matter: Qwen2-VL's tower has no absolute position embedding (2D RoPE is relative), and
    the language model's M-RoPE gives the image's width axis its lowest frequencies (under 1e-3 rad across the tiny
    pair's 4-token-wide grid), so without them a small model cannot tell "my left hand" from "my right hand".
-2. **Alignment** (as the real pair's caption and instruction stages): with the tower frozen, the whole language model
-   learns to describe scenes (``"table: red cup, blue phone. left hand: nothing. right hand: green apple."``) and,
-   where the recipe says so, to answer questions of the task's kinds.
+2. **Language** (as the real pair's caption and instruction stages): with the tower frozen, the whole language model
+   learns to describe scenes (``"table: red cup, blue phone. left hand: nothing. right hand: green apple."``) and
+   to answer questions of the task's kinds, from cached visual tokens at large batches (``fslib.world.language``).
 
 All scenes come from their own seed streams (``fslib.world.synth.stream_records``), disjoint from every train, val, test,
 ood and unlabelled scene, and never show the default held-out colour-object pairs. Labels and captions are exact, read
@@ -27,16 +27,16 @@ towers frozen by default, as the common Qwen2-VL fine-tuning recipes do (LLaMA-F
 """
 from __future__ import annotations
 
-import tempfile
-
 import torch
 
 from fslib.world import synth
 
 # Part of the pair's recipe (fslib.world.embedded.recipe): bump it whenever a code change alters what pre-training
 # computes, so the committed pair is rebuilt rather than kept from older code. Float rounding counts: which positions the loss projects
-# logits at (fslib.engine.losspaths) changes the alignment stage's rounding and so the language models' weights.
-PRETRAIN_VERSION = 2
+# logits at (fslib.engine.losspaths) changed the former alignment stage's rounding and so the language models' weights.
+PRETRAIN_VERSION = 3
+# The vision stage's own version: its code is unchanged since PRETRAIN_VERSION 2, so towers built then are reusable.
+VISION_VERSION = 2
 CAPTION_PROMPT = "Describe what I see."
 POSITIONS = ("col_left", "col_centre", "col_right", "row_top", "row_middle", "row_bottom")
 LABELS = (*synth.OBJECTS, *synth.COLOURS, "hand", *POSITIONS)
@@ -154,60 +154,45 @@ def pretrain_vision(model, image_processor, *, scenes: int, epochs: int, lr: flo
             "loss_first": round(losses[0], 4), "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4)}
 
 
-def alignment_records(*, captions: int, questions: int, seed: int = 0) -> list[dict]:
-    """Stage 2 data: ``captions`` described scenes and ``questions`` task-style questions (a quarter on clips)."""
+def alignment_records(*, captions: int, questions: int, seed: int = 0, video_fraction: float = 0.25) -> list[dict]:
+    """Stage 2 data: ``captions`` described scenes and ``questions`` task-style questions (``video_fraction`` on clips)."""
     caps = synth.stream_records("pretrain-caption", captions, seed=seed, video_fraction=0.0, **SCENE)
     caps = [{**r, "qtype": "caption", "question": CAPTION_PROMPT, "answer": caption(r["scene"]), "aliases": []}
             for r in caps]
-    qa = synth.stream_records("pretrain-qa", questions, seed=seed, video_fraction=0.25, **SCENE) if questions else []
+    qa = (synth.stream_records("pretrain-qa", questions, seed=seed, video_fraction=video_fraction, **SCENE)
+          if questions else [])
     return [{k: v for k, v in r.items() if k != "scene"} for r in caps + qa]
 
 
-def align(model, processor, *, captions: int, questions: int, epochs: int, lr: float, batch_size: int = 8,
-          seed: int = 0, train_vision: bool = False) -> dict:
-    """Stage 2: the language model learns to describe scenes and answer questions; the vision tower stays frozen
-    unless ``train_vision`` (then it is trained with the language model, end to end, as in the real pair's last stages).
+def vision_key(model_recipe: dict) -> dict:
+    """What the vision stage's result depends on: its seed, its recipe, the tower's shape and the merger's output
+    width (the language model's hidden size), and the stage's code version. Towers with equal keys are the same."""
+    preset, pre = model_recipe["preset"], model_recipe["pretrain"]
+    return {"vision_version": VISION_VERSION, "seed": pre.get("seed", 0), "vision": pre.get("vision"),
+            **{k: preset[k] for k in ("vis_depth", "vis_dim", "vis_heads", "hidden")}}
 
-    Runs the project's own training loop (``fslib.training.loop.train`` with alpha = 0), so it is the code path of 02.
+
+def pretrain(model, processor, recipe: dict, *, progress: bool = True, tower: dict | None = None) -> dict:
+    """Both stages as ``recipe`` says (``{"vision": {...}, "language": {...}}``; an empty stage is skipped).
+
+    ``tower`` (``{"state_dict": ..., "report": ..., "source": ...}``) is the vision stage's result taken from an
+    earlier build with the same ``vision_key``: the stage is then not run again (``fslib.world.build --towers-from``).
     """
-    from fslib.engine import collate
-    from fslib.engine.losspaths import LossConfig
-    from fslib.training import loop, sampler
-    from fslib.training.config import (
-        DataConfig,
-        DistillConfig,
-        ModelConfig,
-        OptimConfig,
-    )
+    from fslib.world import language
 
-    records = alignment_records(captions=captions + 64, questions=questions, seed=seed)
-    held = records[:64]  # validation: 64 captions
-    side = SCENE["image_size"]
-    pixels = dict(image_min_pixels=56 * 56, image_max_pixels=side * side, video_min_pixels=56 * 56,
-                  video_max_pixels=side * side, video_total_pixels=side * side * 8)
-    collator = collate.VQACollator(processor, pixels, max_length=256)
-    model.model.visual.requires_grad_(train_vision)
-    with tempfile.TemporaryDirectory(prefix="firstsight-align-") as tmp:
-        cfg = DistillConfig(label="pre-training: alignment", out_dir=tmp, model=ModelConfig(path=""),
-                            data=DataConfig(data_dir="", pixels=pixels, max_length=256),
-                            loss=LossConfig(temperature=1.0, alpha=0.0),
-                            optim=OptimConfig(epochs=epochs, batch_size=batch_size, grad_accum=1, learning_rate=lr,
-                                              warmup_ratio=0.05, weight_decay=0.0, max_grad_norm=1.0, seed=seed))
-        history = loop.train(model, None, processor,
-                             sampler.make_loader(records[64:], collator, batch_size=batch_size, shuffle=True, seed=seed),
-                             sampler.make_loader(held, collator, batch_size=batch_size, shuffle=False, seed=seed), cfg)
-    model.requires_grad_(True)
-    return {"records": len(records) - 64, "val_loss": [round(e["val_loss"], 4) for e in history["epochs"]]}
-
-
-def pretrain(model, processor, recipe: dict, *, progress: bool = True) -> dict:
-    """Both stages as ``recipe`` says (``{"vision": {...}, "align": {...}}``; an empty stage is skipped)."""
-    torch.manual_seed(recipe.get("seed", 0))
+    seed = recipe.get("seed", 0)
+    torch.manual_seed(seed)
     out = {"version": PRETRAIN_VERSION}
-    if recipe.get("vision"):
-        out["vision"] = pretrain_vision(model, processor.image_processor, seed=recipe.get("seed", 0),
-                                        progress=progress, **recipe["vision"])
-    if recipe.get("align"):
-        out["align"] = align(model, processor, seed=recipe.get("seed", 0), **recipe["align"])
+    if tower is not None:
+        model.model.visual.load_state_dict(tower["state_dict"])
+        out["vision"] = {**tower["report"], "reused_from": tower["source"]}
+    elif recipe.get("vision"):
+        out["vision"] = pretrain_vision(model, processor.image_processor, seed=seed, progress=progress,
+                                        **recipe["vision"])
+    if lang := recipe.get("language"):
+        lang = dict(lang)
+        records = alignment_records(captions=lang.pop("captions"), questions=lang.pop("questions"), seed=seed,
+                                    video_fraction=lang.pop("video_fraction", 0.25))
+        out["language"] = language.language_stage(model, processor, records, seed=seed, progress=progress, **lang)
     model.eval()
     return out

@@ -338,11 +338,12 @@ def _make_record(cfg: dict, split: str, index: int, stream: str | None = None) -
 
 def stream_records(stream: str, n: int, *, seed: int = 0, image_size: int = 112, max_objects: int = 3,
                    clutter: int = 2, video_fraction: float = 0.25, video_frames: int = 4,
-                   held_out_pairs: tuple[str, ...] = DEFAULT_HELD_OUT) -> list[dict]:
+                   held_out_pairs: tuple[str, ...] = DEFAULT_HELD_OUT, qtypes=None) -> list[dict]:
     """``n`` training-style records from the named seed stream (disjoint from every split); each also carries its
-    ``scene`` layout, from which exact dense labels and captions are derived (``fslib.world.pretrain``)."""
+    ``scene`` layout, from which exact dense labels and captions are derived (``fslib.world.pretrain``). ``qtypes``
+    restricts the question kinds (default: all, round robin)."""
     cfg = _config(seed, {"train": n, "val": 0, "test": 0, "ood": 0}, image_size, max_objects, clutter,
-                  video_fraction, video_frames, held_out_pairs, None)
+                  video_fraction, video_frames, held_out_pairs, qtypes)
     return [_make_record(cfg, "train", i, stream=f"{stream}-{seed}") for i in range(n)]
 
 
