@@ -99,3 +99,33 @@ def test_build_seed_moves_every_seed_and_budget_shrinks_every_stage():
                 assert all(tiny["models"][name]["pretrain"][stage][k] == v for k, v in knobs.items())
     with pytest.raises(ValueError, match="budget"):
         embedded.recipe(budget="huge")
+
+
+@pytest.mark.slow
+def test_a_tower_is_reused_only_from_a_build_with_the_same_vision_key(tmp_path):
+    """The vision stage does not depend on the language model's depth (the tower is created and seeded first), so
+    ``--towers-from`` may take it from an earlier build with an equal vision key; another key trains it anew."""
+    processor = embedded.build_tiny_processor(embedded.default_corpus(), **embedded.TINY_PIXELS)
+    base = embedded.recipe(budget="tiny")["models"]["tiny-student"]
+    vision_only = {**base, "pretrain": {k: v for k, v in base["pretrain"].items() if k != "language"}}
+    deeper = {**vision_only, "preset": {**vision_only["preset"], "layers": 3}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build.build_model(tmp_path / "a" / "tiny-student", "tiny-student", vision_only, processor, progress=False)
+        build.build_model(tmp_path / "b" / "tiny-student", "tiny-student", deeper, processor, progress=False)
+        build.build_model(tmp_path / "c" / "tiny-student", "tiny-student", deeper, processor, progress=False,
+                          towers_from=tmp_path / "a")
+        other_seed = {**deeper, "pretrain": {**deeper["pretrain"], "seed": 77}}
+        build.build_model(tmp_path / "d" / "tiny-student", "tiny-student", other_seed, processor, progress=False,
+                          towers_from=tmp_path / "a")
+    finally:
+        torch.set_num_threads(threads)
+    towers = {k: {n: t for n, t in load_file(str(tmp_path / k / "tiny-student" / "model.safetensors")).items()
+                  if n.startswith("visual.")} for k in "abcd"}
+    assert towers["a"] and all(torch.equal(towers["a"][n], towers["b"][n]) for n in towers["a"])  # trained: same
+    assert all(torch.equal(towers["a"][n], towers["c"][n]) for n in towers["a"])  # reused
+    assert not all(torch.equal(towers["a"][n], towers["d"][n]) for n in towers["a"])  # another seed: trained
+    stamp = lambda k: json.loads((tmp_path / k / "tiny-student" / "firstsight_embedded.json").read_text())  # noqa
+    assert "reused_from" in stamp("c")["pretraining"]["vision"]
+    assert "reused_from" not in stamp("d")["pretraining"]["vision"]

@@ -55,24 +55,60 @@ def test_pretraining_scenes_are_their_own_stream_and_never_show_held_out_pairs()
     assert not any(p in r["answer"] for r in captions for p in held_out)
 
 
+_LANG = {"captions": 8, "questions": 8, "batch_size": 8, "examples": 32, "eval_every": 2, "warmup_steps": 2,
+         "probe_questions": 8}
+
+
 @pytest.mark.slow
 def test_the_two_stages_train_the_tower_then_only_the_language_model(student_path, processor):
     model = models.load_model(student_path)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = pretrain.pretrain(model, processor, {"seed": 0, "vision": {"scenes": 64, "epochs": 1, "lr": 2e-3},
-                                                 "align": {"captions": 8, "questions": 8, "epochs": 1, "lr": 2e-3}},
-                               progress=False)
-    assert set(report["vision"]["f1"]) == set(pretrain.LABELS) and report["align"]["records"] == 16
-    assert report["vision"]["loss_first"] > 0 and len(report["align"]["val_loss"]) == 1
+                                                 "language": _LANG}, progress=False)
+    assert set(report["vision"]["f1"]) == set(pretrain.LABELS) and report["language"]["records"] == 16
+    assert report["vision"]["loss_first"] > 0 and report["language"]["steps"] == 4
+    assert [p["step"] for p in report["language"]["curve"]] == [0, 2, 4]  # the curve's points, the start included
     state = model.state_dict()
     changed = {k for k in state if not torch.equal(state[k], before[k])}
     assert any(k.startswith("model.visual.") for k in changed)
     assert any(k.startswith("model.language_model.") for k in changed)
 
 
-def test_alignment_keeps_the_vision_tower_frozen(student_path, processor):
+def test_the_language_stage_keeps_the_tower_frozen_and_learns_from_cached_tokens(student_path, processor):
+    from fslib.world import language
+
     model = models.load_model(student_path)
     visual = {k: v.clone() for k, v in model.model.visual.state_dict().items()}
-    pretrain.align(model, processor, captions=8, questions=0, epochs=1, lr=2e-3)
+    records = pretrain.alignment_records(captions=4, questions=4)
+    batches = language.cache_batches(model, processor, records, batch_size=4, progress=False)
+    assert all("pixel_values" not in b["inputs"] and b["feats"] for b in batches)  # the tower ran once, here
+    loss0 = language._step(model, batches[0]).item()
+    out = language.train_language(model, processor, batches, examples=48, lr=3e-3, warmup_steps=1, eval_every=100,
+                                  probe=records[:2], prior=records)
     assert all(torch.equal(v, model.model.visual.state_dict()[k]) for k, v in visual.items())
-    assert all(p.requires_grad for p in model.parameters())  # handed back trainable, as loaded
+    assert out["steps"] == 12 and out["loss_last"] < loss0  # it learns the few records it sees
+    assert len(out["curve"]) == 2 and not out["stopped_early"]
+
+
+def test_stop_at_em_ends_the_stage_at_the_first_probe_that_reaches_it(student_path, processor):
+    from fslib.world import language
+
+    model = models.load_model(student_path)
+    records = pretrain.alignment_records(captions=0, questions=4)
+    batches = language.cache_batches(model, processor, records, batch_size=4, progress=False)
+    out = language.train_language(model, processor, batches, examples=40, lr=1e-3, warmup_steps=1, eval_every=2,
+                                  probe=records[:2], prior=records, stop_at_em=0.0)  # the start already reaches 0
+    assert out["steps"] == 0 and out["stopped_early"] and len(out["curve"]) == 1
+
+
+def test_the_vision_key_says_when_a_tower_is_the_same():
+    from fslib.world import embedded
+
+    recipe = embedded.recipe()["models"]["tiny-student"]
+    key = pretrain.vision_key(recipe)
+    deeper = {**recipe, "preset": {**recipe["preset"], "layers": 8}}  # the language model's depth: same tower
+    assert pretrain.vision_key(deeper) == key
+    for changed in ({"preset": {**recipe["preset"], "hidden": 96}},  # the merger's output width
+                    {"pretrain": {**recipe["pretrain"], "seed": 5}},
+                    {"pretrain": {**recipe["pretrain"], "vision": {**recipe["pretrain"]["vision"], "epochs": 1}}}):
+        assert pretrain.vision_key({**recipe, **changed}) != key

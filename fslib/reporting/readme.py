@@ -14,6 +14,8 @@
   ``benchmarks/results/vision_probe.json`` (``benchmarks/vision_probe.py`` writes it).
 - ``plan``: the planner's real-job plans per GPU and its CPU rehearsal against measured peaks, read from
   ``benchmarks/results/plan_vs_measured.json`` (``benchmarks/plan_vs_measured.py``; ``fslib.reporting.planblock``).
+- ``lm_probe``: the language stage's levers on the committed towers, read from ``benchmarks/results/lm_probe.json``
+  (``benchmarks/lm_probe.py`` writes it).
 - ``cache_tail``: the KD student against the live teacher and the two tail handlings of the top-k cache, read from
   ``benchmarks/results/cache_tail.json`` (``benchmarks/cache_tail.py`` writes it).
 """
@@ -34,6 +36,7 @@ README = fsio.REPO_ROOT / "README.md"
 TINY_METRICS = fsio.REPO_ROOT / "reports" / "tiny" / "metrics.json"
 KD_VS_SFT = fsio.REPO_ROOT / "benchmarks" / "results" / "kd_vs_sft.json"
 EMBEDDED_REPORT = fsio.REPO_ROOT / "embedded" / "build_report.json"
+LM_PROBE = fsio.REPO_ROOT / "benchmarks" / "results" / "lm_probe.json"
 VISION_PROBE = fsio.REPO_ROOT / "benchmarks" / "results" / "vision_probe.json"
 CACHE_TAIL = fsio.REPO_ROOT / "benchmarks" / "results" / "cache_tail.json"
 USER_DATA = fsio.REPO_ROOT / "benchmarks" / "results" / "user_data.json"
@@ -155,13 +158,54 @@ def embedded_block(path: str | Path = EMBEDDED_REPORT) -> str:
     s = res["measured"]["settings"]
     took = ", ".join(f"`{n}` {res['pretraining'][n]['seconds'] / 60:.0f} min" for n in names
                      if res.get("pretraining", {}).get(n, {}).get("seconds") is not None)
-    return "\n".join([formatting.markdown_table(["", *(f"`{n}`" for n in names)], rows), "",
+    curves = [curve_table(n, res["pretraining"][n]["pretraining"]) for n in names
+              if res.get("pretraining", {}).get(n, {}).get("pretraining", {}).get("language")]
+    return "\n".join([formatting.markdown_table(["", *(f"`{n}`" for n in names)], rows), "", *curves,
                       f"*{s['questions']} probe questions and {s['scenes']} probe scenes from seed streams of their own "
                       f"({s['image_size']} px). Build time per model ({took or 'not recorded'}; run in parallel, "
                       "one core each, beside other jobs), then measured in "
                       f"{res['wall_seconds'] / 60:.0f} min, at commit "
                       f"`{str(res['commit'])[:12]}`, budget `{res['recipe_budget']}`, build seed {res['build_seed']}; "
                       f"read from `{_display(Path(path))}` by `make readme`.*"])
+
+
+def curve_table(name: str, pretraining: dict, max_rows: int = 7) -> str:
+    """A model's language-stage curve: exact match on the stage's probe stream, overall and per type, at evenly spaced
+    recorded points (the first and the last always), with how its tower was obtained."""
+    lang, vision = pretraining["language"], pretraining.get("vision", {})
+    curve = lang["curve"]
+    keep = sorted({round(i * (len(curve) - 1) / max(1, max_rows - 1)) for i in range(max_rows)})
+    types = list(curve[-1]["per_type"])
+    rows = [[f"{curve[i]['examples']:,}", f"{curve[i]['train_seconds'] / 60:.0f}", f"**{curve[i]['exact_match']:.3f}**",
+             *(f"{curve[i]['per_type'].get(t, 0.0):.2f}" for t in types)] for i in keep]
+    tower = (f"tower reused from `{vision['reused_from']['folder'].rsplit('/', 2)[-2]}` (same vision key, built at "
+             f"`{str(vision['reused_from'].get('commit'))[:12]}`)" if vision.get("reused_from") else "tower trained")
+    stop = (f", stopped at the first probe reaching EM {lang.get('stop_at_em', '')}" if lang.get("stopped_early")
+            else "")
+    head = (f"**`{name}`, language stage** ({lang['records']:,} records, batches of {lang['batch']}, "
+            f"{lang['steps']:,} steps{stop}; {tower}):")
+    return "\n".join([head, "", formatting.markdown_table(["examples seen", "train min", "EM", *(f"`{t}`" for t in types)],
+                                                          rows), ""])
+
+
+def lm_probe_block(path: str | Path = LM_PROBE) -> str:
+    """The levers of the language stage, measured on the committed towers (``benchmarks/lm_probe.py``)."""
+    res = fsio.read_json(path)
+    rows = []
+    for name, v in res["variants"].items():
+        last = v["curve"][-1]
+        mid = v["curve"][len(v["curve"]) // 2]
+        rows.append([f"`{name}`", v["model"], f"{v['batch_size']}", f"{v['lr']:g}",
+                     f"{v['language_model_parameters']:,}", f"{mid['examples']:,}: {mid['exact_match']:.3f}",
+                     f"**{last['exact_match']:.3f}**", *(f"{last['per_type'].get(t, 0.0):.2f}"
+                                                         for t in sorted(last["per_type"]))])
+    types = sorted(next(iter(res["variants"].values()))["curve"][-1]["per_type"])
+    table = formatting.markdown_table(["variant", "tower of", "batch", "lr", "LM parameters", "midway EM",
+                                       f"EM at {res['settings']['examples']:,}", *(f"`{t}`" for t in types)], rows)
+    return "\n".join([table, "", f"*Each variant a fresh language model on the tower, {res['settings']['records']:,} "
+                       f"distinct records, the same {res['settings']['examples']:,} examples; "
+                       f"{res['wall_seconds'] / 60:.0f} min in all with `{res['command']}`; read from "
+                       f"`{_display(Path(path))}` by `make readme`.*"])
 
 
 def cache_tail_block(path: str | Path = CACHE_TAIL) -> str:
@@ -224,11 +268,12 @@ def update(readme: str | Path = README, metrics_path: str | Path = TINY_METRICS)
     for name, path, block in (("embedded", EMBEDDED_REPORT, embedded_block),
                               ("kd_vs_sft", KD_VS_SFT, kd_vs_sft_block), ("vision_probe", VISION_PROBE,
                               vision_probe_block), ("cache_tail", CACHE_TAIL, cache_tail_block),
-                              ("user_data", USER_DATA, user_data_block),
+                              ("user_data", USER_DATA, user_data_block), ("lm_probe", LM_PROBE, lm_probe_block),
                               ("plan", planblock.PLAN_VS_MEASURED, planblock.plan_block)):
         if path.exists() and _block(name).search(new):
             new = replace_block(new, name, block(path))
-    blocks = ("params", "headline", "embedded", "kd_vs_sft", "vision_probe", "cache_tail", "user_data", "plan")
+    blocks = ("params", "headline", "embedded", "kd_vs_sft", "vision_probe", "cache_tail", "user_data", "lm_probe",
+              "plan")
     changed = [n for n in blocks if current_block(text, n) != current_block(new, n)]
     if new != text:
         readme.write_text(new)
