@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-questions", type=int, default=1, choices=(1, 2),
                     help="questions asked of each training image (2: both, for a larger training split)")
     ap.add_argument("--name", default="digits", help="run name under --work")
+    ap.add_argument("--collect", action="store_true", help="only re-read the finished run under --work/--name")
     ap.add_argument("--work", default=str(ROOT / "reports" / "user-data-bench"))
     ap.add_argument("--set", nargs="*", default=[], help="extra params as key=value (YAML values), e.g. teacher_epochs=8")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "user_data.json"))
@@ -144,16 +145,26 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data = work / f"{args.name}_vqa"
-    sizes = digits_datasetdict(data, labelled=args.labelled, unlabelled=args.unlabelled, val=args.val,
-                               test=args.test, train_questions=args.train_questions)
+    if args.collect:
+        import datasets
+        sizes = {k: len(v) for k, v in datasets.load_from_disk(str(data)).items()}
+    else:
+        sizes = digits_datasetdict(data, labelled=args.labelled, unlabelled=args.unlabelled, val=args.val,
+                                   test=args.test, train_questions=args.train_questions)
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     params = {**yaml.safe_load((ROOT / "params" / "tiny.yaml").read_text()), "run_name": args.name,
               "reports_dir": str(work), "data_source": str(data), **extra}
-    (work / f"{args.name}.yaml").write_text(yaml.safe_dump(params))
     t0, load = time.time(), os.getloadavg()
-    pipeline.run(work / f"{args.name}.yaml")
+    if args.collect:  # the run's own record of when it ran: its stages' durations
+        params = yaml.safe_load((work / f"{args.name}.yaml").read_text())
+        prior = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+        load, seconds = prior.get("load_average_before", load), prior.get("seconds")
+    else:
+        (work / f"{args.name}.yaml").write_text(yaml.safe_dump(params))
+        pipeline.run(work / f"{args.name}.yaml")
+        seconds = round(time.time() - t0)
     result = {"command": "python benchmarks/user_data.py " + " ".join(argv or sys.argv[1:]), "sizes": sizes,
-              "changed_params": {k: params[k] for k in ("data_source", *extra)}, "seconds": round(time.time() - t0),
+              "changed_params": {k: params[k] for k in ("data_source", *extra)}, "seconds": seconds,
               "teacher_epochs": params["teacher_epochs"], "load_average_before": [round(x, 2) for x in load],
               "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
               **summarise(work / args.name)}
