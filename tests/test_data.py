@@ -147,6 +147,29 @@ def test_hf_vlm_list_content(tmp_path):
     assert [(r["question"], r["answer"]) for r in recs] == [("Count?", "2")]
 
 
+def test_qtype_is_read_from_every_format_and_defaults_to_user(media, tmp_path):
+    """A user's own kinds of question reach the records (03's per-type tables and prior baseline read them)."""
+    items = [{"id": "s1", "image": "a.png", "qtype": "colour", "conversations": [
+        {"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "yes"}]},
+        {"id": "s2", "image": "a.png", "conversations": [{"from": "human", "value": "<image> Shape?"}]}]
+    (media / "typed.json").write_text(json.dumps(items))
+    recs, _ = formats.load_llava_json(media / "typed.json")
+    assert [r["qtype"] for r in recs] == ["colour", "colour", "user"]
+    img = Image.new("RGB", (8, 8))
+    msgs = lambda q: [{"role": "user", "content": q}, {"role": "assistant", "content": "2"}]  # noqa: E731
+    datasets.Dataset.from_dict({"messages": [msgs("Count?"), msgs("Which?")], "images": [[img], [img]],
+                                "qtype": ["count", None]}).save_to_disk(str(tmp_path / "typed"))
+    recs, _ = formats.load_hf_vlm(tmp_path / "typed")
+    assert [r["qtype"] for r in recs] == ["count", "user"]
+    (media / "typed.jsonl").write_text(json.dumps({"image": "a.png", "question": "Q?", "qtype": "spatial"}) + "\n"
+                                       + json.dumps({"image": "a.png", "question": "Q?"}) + "\n")
+    assert [r["qtype"] for r in formats.load_jsonl(media / "typed.jsonl")[0]] == ["spatial", "user"]
+    (media / "bad.jsonl").write_text(json.dumps({"image": "a.png", "question": "Q?", "qtype": 3}) + "\n")
+    with pytest.raises(store.DataError, match="qtype must be a string"):
+        formats.load_jsonl(media / "bad.jsonl")
+
+
 # ---------------------------------------------------------------------------------------------- bad inputs
 
 JSONL_BAD = [

@@ -34,17 +34,6 @@ PROTOCOL_KEYS = ("teacher_model", "student_model", "prepare_teacher", "teacher_e
                  "teacher_cache_topk", "teacher_cache_tail", "num_processes", "accelerate_config")
 
 
-def cpu_threads(n: int) -> int:
-    """Torch's CPU threads in this kernel: ``n``, or torch's default (every core) for 0. Measured on a shared
-    2-core machine (load average near 12): one tiny-teacher training step of 8 questions took 0.40 s with 1 thread
-    and 22.5 s with 2, whose threads wait for each other while other jobs hold the cores."""
-    import torch
-
-    if n > 0:
-        torch.set_num_threads(n)
-    return torch.get_num_threads()
-
-
 def load_records(out: Path) -> tuple[dict, list[dict], list[dict]]:
     """01's splits, and train's labelled and unlabelled records (no answer: only the teacher can answer them)."""
     dataset = store.load_dataset_dir(Path(out) / "data")
