@@ -77,7 +77,10 @@ def digits_datasetdict(folder: Path, *, labelled: int, unlabelled: int, val: int
 
 
 def summarise(run: Path) -> dict:
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {
+        "models": {}, "dataset": {"name": f"{run.name}_vqa"}, "environment": {"git_sha": _sha()},
+        "teacher_check": json.loads((run / "teacher_check.json").read_text())
+        if (run / "teacher_check.json").exists() else None}
     models = {name: {"exact_match": m["exact_match"], "exact_match_ci": m["exact_match_ci"],
                      "blind_exact_match": m.get("blind_exact_match"), "per_type": {
                          t: v["exact_match"] for t, v in m.get("per_type", {}).items()}}
@@ -106,8 +109,13 @@ def summarise(run: Path) -> dict:
                         else src.strip().splitlines()[0][:60]
                     steps02[name] = round(took, 1)
     return {"models": models, "teacher_check": metrics.get("teacher_check"), "choice": metrics.get("choice"),
-            "published": published(run, metrics), "dataset": metrics["dataset"], "trainings": trainings,
+            "published": published(run, metrics) if (run / "hub").exists() else None, "dataset": metrics["dataset"], "trainings": trainings,
             "stage_seconds": stages, "distill_step_seconds": steps02, "git_sha": metrics["environment"]["git_sha"]}
+
+
+def _sha() -> str:
+    import subprocess
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def published(run: Path, metrics: dict) -> str | None:
@@ -135,6 +143,7 @@ def main(argv=None) -> int:
                     help="questions asked of each training image (2: both, for a larger training split)")
     ap.add_argument("--name", default="digits", help="run name under --work")
     ap.add_argument("--collect", action="store_true", help="only re-read the finished run under --work/--name")
+    ap.add_argument("--stages", nargs="+", default=None, help="run only these notebooks, e.g. 01_data 02_distill")
     ap.add_argument("--work", default=str(ROOT / "reports" / "user-data-bench"))
     ap.add_argument("--set", nargs="*", default=[], help="extra params as key=value (YAML values), e.g. teacher_epochs=8")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "user_data.json"))
@@ -161,12 +170,13 @@ def main(argv=None) -> int:
         load, seconds = prior.get("load_average_before", load), prior.get("seconds")
     else:
         (work / f"{args.name}.yaml").write_text(yaml.safe_dump(params))
-        pipeline.run(work / f"{args.name}.yaml")
+        pipeline.run(work / f"{args.name}.yaml", **({"stages": args.stages} if args.stages else {}))
         seconds = round(time.time() - t0)
     result = {"command": "python benchmarks/user_data.py " + " ".join(argv or sys.argv[1:]), "sizes": sizes,
               "changed_params": {k: params[k] for k in ("data_source", *extra)}, "seconds": seconds,
               "teacher_epochs": params["teacher_epochs"], "load_average_before": [round(x, 2) for x in load],
               "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
               **summarise(work / args.name)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -65,7 +65,8 @@ def user_data_block(path: str | Path) -> str:
               f"{choice['reason']}" if choice else "")
     pub = f" 04 published `{published}`." if published else ""
     sha = res.get("git_sha", "unknown")
-    return "\n".join([formatting.markdown_table(header, rows), "",
+    table = [formatting.markdown_table(header, rows), ""] if rows else []
+    return "\n".join([*table,
                       f"*`{res['dataset']['name']}` ({sizes} rows)" + (f", with {changed}" if changed else "")
                       + f". {_check(res.get('teacher_check'))}{_teacher(res)}{chosen}{pub}{_times(res)} Read from "
                       f"`{_display(Path(path))}` (`{res['command'].strip()}`, commit `{sha[:12]}`) by `make readme`.*"])
