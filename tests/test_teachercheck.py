@@ -11,9 +11,9 @@ from fslib.stages import distill
 from fslib.training.cache import TeacherRef
 
 
-def _result(teacher, student, blind=0.1, n=100, sft=None):
+def _result(teacher, student, blind=0.1, n=100, sft=None, sft_margin=0.0):
     return teachercheck.verdict({"n": n, "margin": 0.05, "teacher_em": teacher, "teacher_blind_em": blind,
-                                 "student_start_em": student, "sft_em": sft})
+                                 "student_start_em": student, "sft_em": sft, "sft_margin": sft_margin})
 
 
 def test_the_teacher_must_lead_what_fine_tuning_reaches():
@@ -23,8 +23,10 @@ def test_the_teacher_must_lead_what_fine_tuning_reaches():
     msg = behind["message"]
     assert msg.startswith("Distilling from this teacher will not beat fine-tuning on this data")
     assert "0.590" in msg and "0.650" in msg and "blind 0.300" in msg and "teacher_epochs" in msg  # why, what to try
-    assert not _result(0.66, 0.0, blind=0.30, sft=0.65)["ahead"]  # a lead under the margin is no lead
-    assert _result(0.71, 0.0, blind=0.30, sft=0.65)["ahead"]
+    assert not _result(0.65, 0.0, blind=0.30, sft=0.65)["ahead"]  # level with fine-tuning is no lead
+    assert _result(0.66, 0.0, blind=0.30, sft=0.65)["ahead"]  # the SFT-only student is the student: any lead counts
+    assert not _result(0.66, 0.0, blind=0.30, sft=0.65, sft_margin=0.05)["ahead"]  # unless a margin is asked for
+    assert "by more than 0.05" in _result(0.66, 0.0, blind=0.30, sft=0.65, sft_margin=0.05)["message"]
     assert _result(0.71, 0.0, blind=0.30)["parts"]["sft"]  # no SFT baseline trained: that part is not judged
     both = _result(0.28, 0.0, blind=0.27, sft=0.5)  # the blind part is kept beside it
     assert "answers from the question text" in both["message"] and "SFT-only student" in both["message"]

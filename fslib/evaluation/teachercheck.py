@@ -1,13 +1,16 @@
 """Is the prepared teacher worth distilling? 02 asks before it distils, on the labelled validation questions.
 
-The rule, every part on the same questions: the teacher's greedy exact match must be at least ``margin`` above
+The rule, every part on the same questions: the teacher's greedy exact match must be
 
-1. what fine-tuning reaches without it: the SFT-only student (trained first, on the same labels, steps and learning
-   rate as the KD student). A teacher that does not lead it cannot be expected to make a distilled student beat
-   fine-tuning, and its answers to unlabelled questions (wrong more often than SFT's) would pull the student down;
-2. the student's starting weights, since a teacher no better than the student already is has nothing to teach;
-3. its own blind score (every pixel grey), since a teacher that scores as well without the image answers from the
-   question text alone: its answers to unlabelled questions would be priors turned into training labels.
+1. more than ``sft_margin`` above what fine-tuning reaches without it: the SFT-only student (trained first, on the
+   same labels, steps and learning rate as the KD student). A teacher that does not lead it cannot be expected to make
+   a distilled student beat fine-tuning, and its answers to unlabelled questions (wrong as often as SFT's, or more)
+   would pull the student down. The SFT-only student is the student itself, so any lead counts by default (0.0);
+2. at least ``margin`` above the student's starting weights, since a teacher no better than the student already is
+   has nothing to teach;
+3. at least ``margin`` above its own blind score (every pixel grey), since a teacher that scores as well without the
+   image answers from the question text alone: its answers to unlabelled questions would be priors turned into
+   training labels.
 
 (1) is skipped, and said so, when no SFT-only student was trained (``train_sft_baseline: false``).
 02 writes ``teacher_check.json`` (``fslib.stages.distill.check_teacher``); when the check fails, the report says so at
@@ -28,10 +31,11 @@ ADVICE = ("Try: a longer teacher preparation (raise teacher_epochs, its ceiling:
 
 
 def verdict(result: dict) -> dict:
-    """``result`` (n, margin, teacher_em, teacher_blind_em, student_start_em, and sft_em or None) with ``parts``
-    (which comparisons the teacher passed: sft, start, blind), ``ahead`` (all of them) and ``message``."""
+    """``result`` (n, margin, teacher_em, teacher_blind_em, student_start_em, and sft_em or None, sft_margin) with
+    ``parts`` (which comparisons the teacher passed: sft, start, blind), ``ahead`` (all of them) and ``message``."""
     t, m, sft = result["teacher_em"], result["margin"], result.get("sft_em")
-    parts = {"sft": sft is None or t >= sft + m, "start": t >= result["student_start_em"] + m,
+    result = {"sft_margin": 0.0, **result}
+    parts = {"sft": sft is None or t - sft > result["sft_margin"] + 1e-9, "start": t >= result["student_start_em"] + m,
              "blind": t >= result["teacher_blind_em"] + m}
     ahead = bool(result["n"]) and all(parts.values())
     full = {"sft_em": None, **result, "parts": parts, "ahead": ahead}
@@ -45,8 +49,9 @@ def warning(result: dict) -> str:
     t, m, n, parts = result["teacher_em"], result["margin"], result["n"], result["parts"]
     reasons = []
     if not parts["sft"]:
+        lead = f"by more than {result['sft_margin']:.2f}" if result["sft_margin"] else "(score above it)"
         reasons.append(f"fine-tuning the student on your labels alone (the SFT-only student) already reaches "
-                       f"{result['sft_em']:.3f}; the teacher needs to lead it by {m:.2f}")
+                       f"{result['sft_em']:.3f}; the teacher needs to lead it {lead}")
     if not parts["start"]:
         reasons.append(f"it is not {m:.2f} ahead of the student's starting weights ({result['student_start_em']:.3f})")
     if not parts["blind"]:

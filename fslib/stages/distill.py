@@ -27,7 +27,7 @@ from fslib.world.embedded import resolve_model
 
 # 02's parameters that decide which trainings run and how the teacher is used, rather than how one training runs.
 PROTOCOL_KEYS = ("teacher_model", "student_model", "prepare_teacher", "teacher_epochs", "teacher_learning_rate",
-                 "teacher_patience", "teacher_check", "teacher_check_margin",
+                 "teacher_patience", "teacher_check", "teacher_check_margin", "teacher_check_sft_margin",
                  "teacher_freeze_vision", "teacher_lora", "student_lora", "teacher_dtype", "teacher_quantization",
                  "student_dtype", "teacher_device_map", "train_sft_baseline", "train_kd_labelled_baseline",
                  "n_unlabelled", "teacher_answer_tokens", "teacher_answer_min_confidence", "teacher_cache",
@@ -135,6 +135,7 @@ def check_teacher(P: dict, out: Path, ref, processor, student_path: str, val: li
               if sft else None}
     teacher = ref.load()
     result = teachercheck.verdict({"n": len(labelled), "margin": P["teacher_check_margin"],
+                                   "sft_margin": P["teacher_check_sft_margin"],
                                    "teacher_em": _exact_match(teacher, gen, labelled, **kw),
                                    "teacher_blind_em": _exact_match(teacher, blind, labelled, **kw), **scores})
     teachercheck.write(out, result)
