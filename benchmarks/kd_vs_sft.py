@@ -16,6 +16,7 @@ means and the targets of the embedded default (each with whether it is met):
 - the teacher's test EM >= 0.80, and >= 0.60 on every question type; its blind control <= the prior baseline + 0.05;
 - KD - SFT >= 0.10 EM, with non-overlapping 95% CIs on at least 2 of the 3 seeds; KD >= 0.9 x the teacher's EM;
 - the student's starting weights <= 0.45 EM;
+- the KD student decodes >= 1.5x faster than the teacher (03's batch-1 median per token; the median over seeds);
 - for every ``--build-pair`` (another build of the pair, ``FIRSTSIGHT_PAIR``), KD - SFT >= 0.07 on the same seeds,
   recorded under ``builds`` with its ``build_seed``.
 """
@@ -84,8 +85,10 @@ def read_run(run_dir: Path, seed: int, *, seconds: float | None) -> dict:
         for qtype, v in (models.get(name, {}).get("per_type") or {}).items():
             per_type.setdefault(qtype, {})[k] = v["exact_match"]
     run = str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir)
+    decode = {k: models.get(name, {}).get("decode_s_per_token") for k, name in ROWS.items()}
     return {"seed": seed, "run": run, "split": metrics["split"], "n_eval": metrics["n_eval"],
-            "exact_match": row, "exact_match_ci": ci, "prior_baseline": prior, "per_type": per_type,
+            "decode_s_per_token": decode, "exact_match": row, "exact_match_ci": ci, "prior_baseline": prior,
+            "per_type": per_type,
             "seconds": seconds}
 
 
@@ -103,6 +106,15 @@ def _separated(run: dict) -> bool:
     """The KD student's 95% CI lies wholly above the SFT-only student's."""
     kd, sft = run["exact_match_ci"].get("kd"), run["exact_match_ci"].get("sft")
     return bool(kd and sft and kd[0] > sft[1])
+
+
+def _speedup(runs: list[dict]) -> float | None:
+    """The teacher's decode time per token over the KD student's (03's batch-1 median), the median over seeds."""
+    import statistics
+
+    ratios = [r["decode_s_per_token"]["teacher"] / r["decode_s_per_token"]["kd"] for r in runs
+              if (r.get("decode_s_per_token") or {}).get("teacher") and (r.get("decode_s_per_token") or {}).get("kd")]
+    return statistics.median(ratios) if ratios else None
 
 
 def targets(runs: list[dict], means: dict, per_type: dict, builds: list[dict]) -> dict:
@@ -123,6 +135,7 @@ def targets(runs: list[dict], means: dict, per_type: dict, builds: list[dict]) -
         "seeds_with_separated_cis": row(sum(_separated(r) for r in runs), min(2, len(runs)), ">="),
         "kd_over_teacher": row(kd / teacher if kd is not None and teacher else None, 0.9, ">="),
         "base_exact_match": row(means["base"], 0.45, "<="),
+        "kd_decode_speedup": row(_speedup(runs), 1.5, ">="),
         "kd_labelled_minus_sft": {"value": means["kd_labelled"] - sft if None not in (means["kd_labelled"], sft)
                                   else None, "target": None, "met": None},
     }

@@ -76,6 +76,10 @@ TINY_RUN = {"n_train": 16, "n_val": 4, "n_test": 6, "n_ood": 2, "teacher_epochs"
             # On 4 validation questions the teacher check's verdict is noise; it would drop the teacher's answers this
             # run exercises when it fails. tests/test_user_data.py runs the check end to end.
             "teacher_check": False,
+            # 04 publishes the KD student as asked, not 03's choice on 4 validation questions (a tie there goes to the
+            # SFT-only student): this run checks the KD student's card and its INT8/NF4 variants' folders. The choice
+            # and its publication are tested in tests/test_choice.py and tests/test_user_data.py.
+            "publish_model": "student",
             "bench_repeats": 2, "bench_warmup": 1}
 # Smaller speed sweep when 03 offers these knobs: the student's INT8/NF4 variants are kept (04 publishes them).
 TINY_RUN_OPTIONAL = {"bench_batch_sizes": [1], "bench_variants": ["student:int8", "student:nf4"]}

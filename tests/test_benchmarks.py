@@ -1,11 +1,14 @@
 """The benchmark scripts' bookkeeping (the measurements themselves are the scripts' job, not the tests')."""
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from fslib.core.fsio import REPO_ROOT
+from fslib.world import synth
 
 
 def _script(name):
@@ -145,3 +148,17 @@ def test_kd_vs_sft_records_another_build_under_builds(tmp_path):
     other = [b for b in res["builds"] if not b["shipped"]]
     assert [(b["build_seed"], round(b["kd_minus_sft"], 6)) for b in other] == [(1, 0.15)]
     assert res["targets"]["build1_kd_minus_sft"]["met"] is True
+
+
+@pytest.mark.slow
+def test_lm_probe_trains_a_fresh_language_model_on_the_committed_towers(tmp_path):
+    out = tmp_path / "lm.json"
+    done = subprocess.run([sys.executable, "benchmarks/lm_probe.py", "--variants", "batch64", "student-2L",
+                           "--records", "16", "--examples", "32", "--points", "1", "--out", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads(out.read_text())
+    teacher, student = res["variants"]["batch64"], res["variants"]["student-2L"]
+    assert teacher["curve"][0]["examples"] == 0 and teacher["curve"][-1]["examples"] == 32  # the start, the end
+    assert student["language_model_parameters"] < teacher["language_model_parameters"] / 2
+    assert set(teacher["curve"][-1]["per_type"]) <= set(synth.QTYPES) and res["command"].startswith("python benchmarks")

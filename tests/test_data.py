@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fslib.data import sources, store
+from fslib.data import formats, sources, store
 from fslib.world import synth
 
 
@@ -76,7 +76,7 @@ def test_save_dataset_round_trip(tmp_path):
 
 
 def test_user_records_save_unlabelled(tmp_path, media):
-    recs, _ = store.load_jsonl(_jsonl(media / "d.jsonl", [{"image": "a.png", "question": "What is this?"}]))
+    recs, _ = formats.load_jsonl(_jsonl(media / "d.jsonl", [{"image": "a.png", "question": "What is this?"}]))
     store.save_dataset({"user": recs}, tmp_path / "u", card={"source": "d.jsonl"})
     back = store.records_from_dataset(datasets.load_from_disk(str(tmp_path / "u")))
     assert back[0]["answer"] is None and back[0]["scene_seed"] == -1 and back[0]["qtype"] == "user"
@@ -143,8 +143,31 @@ def test_hf_vlm_list_content(tmp_path):
     msgs = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Count?"}]},
             {"role": "assistant", "content": [{"type": "text", "text": "2"}]}]
     datasets.Dataset.from_dict({"messages": [msgs], "images": [[img]]}).save_to_disk(str(tmp_path / "hf"))
-    recs, _ = store.load_hf_vlm(tmp_path / "hf")
+    recs, _ = formats.load_hf_vlm(tmp_path / "hf")
     assert [(r["question"], r["answer"]) for r in recs] == [("Count?", "2")]
+
+
+def test_qtype_is_read_from_every_format_and_defaults_to_user(media, tmp_path):
+    """A user's own kinds of question reach the records (03's per-type tables and prior baseline read them)."""
+    items = [{"id": "s1", "image": "a.png", "qtype": "colour", "conversations": [
+        {"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "yes"}]},
+        {"id": "s2", "image": "a.png", "conversations": [{"from": "human", "value": "<image> Shape?"}]}]
+    (media / "typed.json").write_text(json.dumps(items))
+    recs, _ = formats.load_llava_json(media / "typed.json")
+    assert [r["qtype"] for r in recs] == ["colour", "colour", "user"]
+    img = Image.new("RGB", (8, 8))
+    msgs = lambda q: [{"role": "user", "content": q}, {"role": "assistant", "content": "2"}]  # noqa: E731
+    datasets.Dataset.from_dict({"messages": [msgs("Count?"), msgs("Which?")], "images": [[img], [img]],
+                                "qtype": ["count", None]}).save_to_disk(str(tmp_path / "typed"))
+    recs, _ = formats.load_hf_vlm(tmp_path / "typed")
+    assert [r["qtype"] for r in recs] == ["count", "user"]
+    (media / "typed.jsonl").write_text(json.dumps({"image": "a.png", "question": "Q?", "qtype": "spatial"}) + "\n"
+                                       + json.dumps({"image": "a.png", "question": "Q?"}) + "\n")
+    assert [r["qtype"] for r in formats.load_jsonl(media / "typed.jsonl")[0]] == ["spatial", "user"]
+    (media / "bad.jsonl").write_text(json.dumps({"image": "a.png", "question": "Q?", "qtype": 3}) + "\n")
+    with pytest.raises(store.DataError, match="qtype must be a string"):
+        formats.load_jsonl(media / "bad.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------- bad inputs
@@ -168,7 +191,7 @@ def test_jsonl_bad_sample(media, bad, reason):
     _png(media / "b.png", size=(5, 5))
     path = _jsonl(media / "bad.jsonl", [{"image": "a.png", "question": "ok?"}, bad, {"image": "a.png", "question": "ok"}])
     with pytest.raises(store.DataError, match=reason) as err:
-        store.load_jsonl(path)
+        formats.load_jsonl(path)
     assert "bad.jsonl" in str(err.value) and "line 2" in str(err.value)
     recs, skipped = sources.load_user_data(path, on_bad_sample="skip")
     assert len(recs) == 2 and len(skipped) == 1
@@ -191,16 +214,16 @@ def test_llava_bad_sample(media, bad, reason):
     good = {"image": "a.png", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]}
     (media / "bad.json").write_text(json.dumps([good, good, bad]))
     with pytest.raises(store.DataError, match=reason) as err:
-        store.load_llava_json(media / "bad.json")
+        formats.load_llava_json(media / "bad.json")
     assert "bad.json" in str(err.value) and "index 2" in str(err.value)
-    recs, skipped = store.load_llava_json(media / "bad.json", on_bad_sample="skip")
+    recs, skipped = formats.load_llava_json(media / "bad.json", on_bad_sample="skip")
     assert len(recs) == 2 and [(s["record"], reason in s["reason"]) for s in skipped] == [(2, True)]
 
 
 def test_llava_malformed_file(media):
     (media / "broken.json").write_text("[{")
     with pytest.raises(store.DataError, match="broken.json.*malformed JSON"):
-        store.load_llava_json(media / "broken.json", on_bad_sample="skip")  # a broken file cannot be skipped around
+        formats.load_llava_json(media / "broken.json", on_bad_sample="skip")  # a broken file cannot be skipped around
 
 
 @pytest.mark.parametrize("bad,reason", [
@@ -213,9 +236,9 @@ def test_hf_vlm_bad_sample(tmp_path, bad, reason):
     good = ([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A"}], [img])
     path = _hf_dir(tmp_path, [good, (bad[0], [img] if bad[1] == "img" else bad[1])])
     with pytest.raises(store.DataError, match=reason) as err:
-        store.load_hf_vlm(path)
+        formats.load_hf_vlm(path)
     assert "hf" in str(err.value) and "index 1" in str(err.value)
-    recs, skipped = store.load_hf_vlm(path, on_bad_sample="skip")
+    recs, skipped = formats.load_hf_vlm(path, on_bad_sample="skip")
     assert len(recs) == 1 and skipped[0]["record"] == 1 and reason in skipped[0]["reason"]
 
 

@@ -144,18 +144,30 @@ def test_your_data_examples_load_as_written(tmp_path, monkeypatch):
 
 def test_user_data_block_is_read_from_the_benchmark_json(tmp_path):
     res = {"command": "python benchmarks/user_data.py ", "git_sha": "0123456789abcdef", "sizes": {"train": 10},
-           "dataset": {"name": "digits_vqa"},
-           "models": {"teacher": {"exact_match": 0.375, "exact_match_ci": [0.335, 0.413], "blind_exact_match": 0.3},
-                      "sft_student": {"exact_match": 0.648, "exact_match_ci": [0.6, 0.7], "blind_exact_match": None}},
+           "dataset": {"name": "digits_vqa"}, "changed_params": {"data_source": "x", "teacher_epochs": 16},
+           "models": {"teacher": {"exact_match": 0.375, "exact_match_ci": [0.335, 0.413], "blind_exact_match": 0.3,
+                                  "per_type": {"digit": 0.25, "parity": 0.5}},
+                      "sft_student": {"exact_match": 0.648, "exact_match_ci": [0.6, 0.7], "blind_exact_match": None,
+                                      "per_type": {"digit": 0.6, "parity": 0.7}}},
            "teacher_check": {"n": 100, "teacher_em": 0.28, "teacher_blind_em": 0.27, "student_start_em": 0.0,
-                             "ahead": False, "message": "The teacher is not worth distilling: ..."}}
+                             "sft_em": 0.61, "ahead": False, "message": "Distilling from this teacher will not ..."},
+           "choice": {"model": "sft_student", "split": "val", "reason": "The SFT-only student has the best ..."},
+           "published": "sft_student", "teacher_epochs": 16,
+           "trainings": {"teacher": {"epochs_run": 5, "best_epoch": 3, "stopped_early": {"after_epoch": 5},
+                                     "val_loss": [0.9, 0.8, 0.7, 0.75, 0.76]}},
+           "stage_seconds": {"01_data": 10.0, "02_distill": 300.4}, "distill_step_seconds": {"SFT-student": 100.2},
+           "load_average_before": [3.2, 2.0, 1.0], "cpus": 2}
     path = tmp_path / "user_data.json"
     path.write_text(json.dumps(res))
     block = readme.user_data_block(path)
-    assert "| teacher, prepared on the labels | 0.375 [0.335, 0.413] |" in block
-    assert "| SFT-only student | 0.648 [0.600, 0.700] |" in block
-    assert "teacher 0.280 (blind 0.270)" in block and "The teacher is not worth distilling" in block
-    assert "`digits_vqa` (train 10 rows)" in block and "commit `0123456789ab`" in block
+    assert "| model | test exact match [95% CI] | blind | `digit` | `parity` |" in block
+    assert "| teacher, prepared on the labels | 0.375 [0.335, 0.413] | 0.300 | 0.250 | 0.500 |" in block
+    assert "| SFT-only student | 0.648 [0.600, 0.700] | — | 0.600 | 0.700 |" in block
+    assert "teacher 0.280 (blind 0.270), the SFT-only student 0.610" in block and "Distilling from this" in block
+    assert "5 epochs of at most 16, best epoch 3 (stopped on validation)" in block
+    assert "(03, chosen on the val split): `sft_student`" in block and "04 published `sft_student`" in block
+    assert "02 300 s" in block and "`SFT-student` 100 s" in block and "load average 3.2 on 2 CPUs" in block
+    assert "`digits_vqa` (train 10 rows), with `teacher_epochs: 16`" in block and "commit `0123456789ab`" in block
 
 
 def test_embedded_block_is_read_from_the_build_report(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from fslib.core import config
 from fslib.data import store
-from fslib.stages import distill
+from fslib.stages import distill, threads
 from fslib.training.config import DistillConfig
 
 
@@ -113,3 +113,24 @@ def test_plan_table_lists_every_setting_with_the_differences_first(P, tmp_path):
     first = list(table.index[:8])
     assert "loss.alpha" in first and "data.samples_per_epoch" in first
     assert table.loc["optim.learning_rate"].nunique() == 1 and "data.pixels" in table.index
+
+
+def test_teacher_curve_note_says_whether_preparation_converged():
+    P = {"teacher_epochs": 16, "teacher_patience": 2}
+    stopped = {"epochs": [{}] * 5, "best_epoch": 3, "best_val_loss": 0.5, "stopped_early": {"after_epoch": 5}}
+    assert "ran 5 of at most 16 epochs" in distill.teacher_curve_note(stopped, P)
+    assert "stopped on validation: 2 epochs without a lower" in distill.teacher_curve_note(stopped, P)
+    rising = {"epochs": [{}] * 16, "best_epoch": 16, "best_val_loss": 0.4}
+    assert "still falling at the ceiling: raise teacher_epochs" in distill.teacher_curve_note(rising, P)
+    assert "not prepared" in distill.teacher_curve_note(None, P)
+
+
+def test_cpu_threads_sets_torchs_threads_and_0_keeps_the_default():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert threads.cpu_threads(1) == 1 == torch.get_num_threads()
+        assert threads.cpu_threads(0) == 1  # 0 leaves it as it is
+    finally:
+        torch.set_num_threads(before)

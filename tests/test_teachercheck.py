@@ -1,7 +1,7 @@
 """02's check that the prepared teacher is worth distilling, and where the report shows a failed one."""
 
+import html
 import json
-
 
 from fslib.core import config
 from fslib.engine import models
@@ -11,9 +11,25 @@ from fslib.stages import distill
 from fslib.training.cache import TeacherRef
 
 
-def _result(teacher, student, blind=0.1, n=100):
+def _result(teacher, student, blind=0.1, n=100, sft=None, sft_margin=0.0):
     return teachercheck.verdict({"n": n, "margin": 0.05, "teacher_em": teacher, "teacher_blind_em": blind,
-                                 "student_start_em": student})
+                                 "student_start_em": student, "sft_em": sft, "sft_margin": sft_margin})
+
+
+def test_the_teacher_must_lead_what_fine_tuning_reaches():
+    # the user's digits case: a teacher far ahead of the student's start and of its blind score, below SFT
+    behind = _result(0.59, 0.0, blind=0.30, sft=0.65)
+    assert not behind["ahead"] and behind["parts"] == {"sft": False, "start": True, "blind": True}
+    msg = behind["message"]
+    assert msg.startswith("Distilling from this teacher will not beat fine-tuning on this data")
+    assert "0.590" in msg and "0.650" in msg and "blind 0.300" in msg and "teacher_epochs" in msg  # why, what to try
+    assert not _result(0.65, 0.0, blind=0.30, sft=0.65)["ahead"]  # level with fine-tuning is no lead
+    assert _result(0.66, 0.0, blind=0.30, sft=0.65)["ahead"]  # the SFT-only student is the student: any lead counts
+    assert not _result(0.66, 0.0, blind=0.30, sft=0.65, sft_margin=0.05)["ahead"]  # unless a margin is asked for
+    assert "by more than 0.05" in _result(0.66, 0.0, blind=0.30, sft=0.65, sft_margin=0.05)["message"]
+    assert _result(0.71, 0.0, blind=0.30)["parts"]["sft"]  # no SFT baseline trained: that part is not judged
+    both = _result(0.28, 0.0, blind=0.27, sft=0.5)  # the blind part is kept beside it
+    assert "answers from the question text" in both["message"] and "SFT-only student" in both["message"]
 
 
 def test_the_teacher_must_lead_the_students_start_by_the_margin():
@@ -33,8 +49,8 @@ def test_a_failed_check_is_in_the_headline_and_at_the_top_of_02(tmp_path):
     weak = _result(0.32, 0.30)
     assert "Teacher check failed" in site.teacher_warning_html(weak) and site.teacher_warning_html(_result(.6, .3)) == ""
     assert site.teacher_warning_html(None) == ""
-    html = site.headline_html({"models": {"teacher": {"exact_match": 0.3}}, "teacher_check": weak}, "run")
-    assert "Teacher check failed" in html and weak["message"].split(".")[0] in html
+    page = site.headline_html({"models": {"teacher": {"exact_match": 0.3}}, "teacher_check": weak}, "run")
+    assert "Teacher check failed" in page and html.escape(weak["message"].split(".")[0]) in page
 
 
 def test_answers_of_a_teacher_that_failed_its_check_are_not_used(tmp_path):

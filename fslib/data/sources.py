@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from fslib.data import store
+from fslib.data import formats, store
 
 SYNTHETIC = "synthetic"
 _SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid", "dev"), "test": ("test",)}
@@ -117,7 +117,7 @@ def load_user_data(path, fmt: str = "auto", on_bad_sample: str = "error", **kwar
     ``kwargs`` go to the loader (split=, media_root=, max_frames=)."""
     store.check_on_bad_sample(on_bad_sample)
     fmt = detect_format(path) if fmt == "auto" else fmt
-    loaders = {"jsonl": store.load_jsonl, "llava": store.load_llava_json, "hf": store.load_hf_vlm}
+    loaders = {"jsonl": formats.load_jsonl, "llava": formats.load_llava_json, "hf": formats.load_hf_vlm}
     if fmt not in loaders:
         raise ValueError(f"fmt must be 'auto' or one of {store.FORMATS}, got {fmt!r}")
     return loaders[fmt](path, on_bad_sample=on_bad_sample, **kwargs)

@@ -24,6 +24,10 @@ metrics.json (schema_version 2; keys are added over time, never removed or renam
                              device_name, isolation, memory, accuracy, decoding, max_new_tokens, bootstrap, versions
     params, dataset, environment                      resolved params of all stages; data provenance; versions, git SHA
     teacher_check            02's check of the prepared teacher (fslib.evaluation.teachercheck), None when it did not run
+    select_split             the split the student to trust is chosen on (validation; never the headline split unless
+                             eval_split names it), scored for the main rows only
+    choice                   {model, name, split, scores, verdict, distilled, reason}: that student and why
+                             (fslib.evaluation.choice), with the KD-vs-SFT verdict on `split`; None without students
 
 predictions.json (beside it): {split: {ids: [...], <model>: {normal: [answers], blind: [answers]}}}.
 """
@@ -31,6 +35,7 @@ predictions.json (beside it): {split: {ids: [...], <model>: {normal: [answers], 
 from __future__ import annotations
 
 from fslib.core.provenance import environment
+from fslib.evaluation import choice
 from fslib.evaluation.isolation import run_isolated
 from fslib.evaluation.metrics import prior_baseline
 
@@ -113,9 +118,10 @@ def model_entry(row: dict, scored: dict | None, split: str) -> dict:
 
 def build_metrics(results: dict, scored: dict, *, split: str, records: dict, train: list[dict], params: dict,
                   protocol: dict, dataset: dict, blind_splits: list[str], accuracy_note: str | None,
-                  teacher_check: dict | None = None) -> dict:
+                  teacher_check: dict | None = None, select_split: str | None = None) -> dict:
     """The ``metrics.json`` document (schema in this module's docstring)."""
     models = {name: model_entry(r, scored.get(name), split) for name, r in results.items()}
+    chosen = choice.choose(models, select_split=select_split, report_split=split) if accuracy_note is None else None
     return {"schema_version": 2, "split": split, "n_eval": len(records[split]),
             "splits": {s: len(v) for s, v in records.items()},
             "accuracy": {"computed": accuracy_note is None, "note": accuracy_note or "scored"},
@@ -123,4 +129,4 @@ def build_metrics(results: dict, scored: dict, *, split: str, records: dict, tra
             "blind": {"splits": blind_splits,
                       "prior_baseline": prior_baseline(train, records[split]) if train else None},
             "protocol": protocol, "params": params, "dataset": dataset, "teacher_check": teacher_check,
-            "environment": environment()}
+            "select_split": select_split, "choice": chosen, "environment": environment()}

@@ -125,4 +125,10 @@ def summary_line(metrics: dict, run: str) -> str:
             line += (f"; decode time per token {fmt('decode_s_per_token', s['decode_s_per_token'])} s against the "
                      f"teacher's {fmt('decode_s_per_token', t['decode_s_per_token'])} s")
         line += "."
-    return line
+    return line + (" " + choice_sentence(metrics) if metrics.get("choice") else "")
+
+
+def choice_sentence(metrics: dict) -> str:
+    """03's student to trust (``metrics["choice"]``, fslib.evaluation.choice) and why, in words; "" without one."""
+    c = metrics.get("choice")
+    return f"The student to trust, chosen on the {c['split']} split: `{c['model']}`. {c['reason']}" if c else ""

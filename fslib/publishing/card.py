@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fslib.evaluation import formatting
+from fslib.evaluation import choice, formatting
 
 TEMPLATE = Path(__file__).parent / "templates" / "modelcard.md"
 TASK = "visual-question-answering"
@@ -56,6 +56,29 @@ def eval_results(metrics: dict, model_key: str) -> list:
     return out
 
 
+def provenance_text(metrics: dict, trained: dict, key: str) -> dict:
+    """What the card says this model is and why it was published, from ``metrics["choice"]`` (03's student to trust,
+    chosen on validation, with the KD-vs-SFT verdict on the test split). Distillation is said to have helped only when
+    the verdict says so: {distilled, what, why}."""
+    teacher, base = trained.get("teacher_model", "?"), trained.get("student_model", "?")
+    distilled = key in choice.KD_KEYS
+    what = (f"a student distilled from **{teacher}** into **{base}** by FirstSight" if distilled else
+            f"a student fine-tuned from **{base}** on the labelled questions alone (no teacher) by FirstSight"
+            if key == "sft_student" else f"the model `{key}` of a FirstSight run (teacher **{teacher}**)")
+    c, verdict = metrics.get("choice"), choice.kd_verdict(metrics.get("models", {}), metrics.get("split", "test"))
+    if c and c["model"] == key:
+        why = f"This is the student to trust, chosen on the {c['split']} split: {c['reason']}"
+    elif c:
+        why = (f"Published as asked (`publish_model: {key}`), not as the student to trust: 03 chose "
+               f"`{c['model']}` on the {c['split']} split. {c['reason']}")
+    else:
+        why = "No student was chosen on a validation split in this run." + (
+            " " + choice.verdict_text(verdict) if verdict else "")
+    if distilled and not (verdict or {}).get("kd_helped"):
+        why += " Distillation is not shown to have helped this model beat fine-tuning alone."
+    return {"distilled": distilled, "what": what, "why": why}
+
+
 def _dataset_ids(metrics: dict) -> list[str]:
     d = metrics.get("dataset", {})
     return [d.get("id") or d.get("name", "FirstSight egocentric VQA")]
@@ -72,6 +95,8 @@ def build_card(metrics: dict, trained: dict, *, model_key: str, model_name: str,
 
     if model_key not in metrics.get("models", {}):
         raise KeyError(f"{model_key!r} is not a model in metrics.json; measured: {sorted(metrics.get('models', {}))}")
+    own = metrics["models"][model_key].get("variant_of") or model_key  # a quantised variant: its full-precision row
+    told = provenance_text(metrics, trained, own)
     embedded = bool(trained.get("embedded"))
     # Only a Hub id can be a base_model: an embedded (offline-built) student or an unpushed parent is named in the
     # text but not in the metadata.
@@ -81,16 +106,19 @@ def build_card(metrics: dict, trained: dict, *, model_key: str, model_name: str,
         base = None if embedded else trained.get("student_model")
     data = ModelCardData(
         language="en", license=license, library_name="transformers", pipeline_tag="image-text-to-text",
-        tags=["knowledge-distillation", "qwen2-vl", "egocentric", "firstsight"] + (["bitsandbytes"] if quantized_from else []),
+        tags=(["knowledge-distillation"] if told["distilled"] else []) + ["qwen2-vl", "egocentric", "firstsight"]
+        + (["bitsandbytes"] if quantized_from else []),
         base_model=base, base_model_relation=("quantized" if quantized_from else "finetune") if base else None,
         datasets=_dataset_ids(metrics), model_name=model_name, eval_results=eval_results(metrics, model_key))
     header, rows = formatting.table_rows(metrics, [k for k, _, _ in formatting.METRICS])
-    training = {k: json.dumps(v) for k, v in trained.get("training", {}).items()}
+    training = {k: json.dumps(v) for k, v in
+                (trained.get("training_by_model", {}).get(own) or trained.get("training", {})).items()}
     env = metrics.get("environment", {})
     return ModelCard.from_template(
         data, template_path=str(TEMPLATE), model_name=model_name, model_key=model_key,
         teacher=trained.get("teacher_model", "?"), base_model=trained.get("student_model", "?"), embedded=embedded,
-        quantized_from=quantized_from, split=metrics.get("split", "?"), n_eval=metrics.get("n_eval", "?"),
+        quantized_from=quantized_from, what=told["what"], why=told["why"], distilled=told["distilled"],
+        split=metrics.get("split", "?"), n_eval=metrics.get("n_eval", "?"),
         results_table=formatting.markdown_table(header, rows), protocols=protocols(metrics),
         protocol_summary=metrics.get("protocol", {}).get("summary", ""),
         training_table=formatting.markdown_table(["parameter", "value"], [[f"`{k}`", f"`{v}`"] for k, v in training.items()]),

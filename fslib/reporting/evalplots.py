@@ -88,6 +88,24 @@ def accuracy_table(metrics: dict, split: str | None = None, by: str = "per_type"
     return pd.DataFrame(cols)
 
 
+def choice_view(metrics: dict):
+    """03's choice of the student to trust (``metrics["choice"]``): the reason in words and every student's
+    validation exact match; a note when there is no choice (no validation split, or no trained student)."""
+    import html
+
+    from IPython.display import HTML
+
+    c = metrics.get("choice")
+    if not c:
+        return HTML('<p class="fs-note">No student was chosen: no trained student was scored on a validation '
+                    "split. 04 publishes the KD student unless publish_model names another.</p>")
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.3f}</td></tr>" for k, v in c["scores"].items())
+    cls = "fs-ok" if c["distilled"] and (c["verdict"] or {}).get("kd_helped") else "fs-warning"
+    return HTML(f'<div class="{cls} fs-choice"><b>The student to trust: <code>{html.escape(c["model"])}</code>.</b> '
+                f'{html.escape(c["reason"])}</div><table class="fs-table"><thead><tr><th>student</th>'
+                f'<th>exact match, {html.escape(c["split"])}</th></tr></thead><tbody>{rows}</tbody></table>')
+
+
 def split_tables(metrics: dict, ood_split: str = ""):
     """Exact match [95% CI] per question type on ``ood_split`` (when scored) and per media on the headline split."""
     import pandas as pd

@@ -113,11 +113,14 @@ def teacher_check_view(check: dict | None):
 
     if check is None:
         return HTML('<p class="fs-note">teacher_check is off: the teacher was not checked before distilling.</p>')
-    rows = "".join(f"<tr><th>{k}</th><td>{v if isinstance(v, int) else f'{v:.3f}'}</td></tr>"
+    rows = "".join(f"<tr><th>{k}</th><td>{v if isinstance(v, int) else '—' if v is None else f'{v:.3f}'}</td></tr>"
                    for k, v in (("validation questions", check["n"]), ("teacher exact match", check["teacher_em"]),
+                                ("SFT-only student (fine-tuning alone)", check.get("sft_em")),
                                 ("teacher, blind (grey pixels)", check["teacher_blind_em"]),
                                 ("student's starting weights", check["student_start_em"]),
                                 ("required lead", check["margin"])))
-    verdict = ('<p class="fs-ok">The teacher is ahead of the student\'s starting weights: worth distilling.</p>'
-               if check["ahead"] else f'<div class="fs-warning"><b>Warning.</b> {_html.escape(check["message"])}</div>')
+    sft = "" if check.get("sft_em") is not None else " (no SFT-only student was trained: not compared with fine-tuning)"
+    verdict = (f'<p class="fs-ok">The teacher leads fine-tuning, the student\'s starting weights and its own blind '
+               f'score: worth distilling{sft}.</p>' if check["ahead"] else
+               f'<div class="fs-warning"><b>Warning.</b> {_html.escape(check["message"])}</div>')
     return HTML(f'{verdict}<table class="fs-table">{rows}</table>')

@@ -16,6 +16,9 @@
   ``benchmarks/results/plan_vs_measured.json`` (``benchmarks/plan_vs_measured.py``; ``fslib.reporting.planblock``).
 - ``lm_probe``: the language stage's levers on the committed towers, read from ``benchmarks/results/lm_probe.json``
   (``benchmarks/lm_probe.py`` writes it).
+- ``user_data``, ``user_data_teacher16``, ``user_data_profile``: a user's dataset through the four stages
+  (``benchmarks/user_data.py``; ``fslib.reporting.userblock``), with the default params, with 16 teacher epochs, and
+  at the size of a user's run (400 labelled + 2,000 unlabelled) for 02's time.
 - ``cache_tail``: the KD student against the live teacher and the two tail handlings of the top-k cache, read from
   ``benchmarks/results/cache_tail.json`` (``benchmarks/cache_tail.py`` writes it).
 """
@@ -31,6 +34,7 @@ from pathlib import Path
 from fslib.core import config, fsio
 from fslib.evaluation import formatting
 from fslib.reporting import planblock
+from fslib.reporting.userblock import user_data_block
 
 README = fsio.REPO_ROOT / "README.md"
 TINY_METRICS = fsio.REPO_ROOT / "reports" / "tiny" / "metrics.json"
@@ -40,9 +44,8 @@ LM_PROBE = fsio.REPO_ROOT / "benchmarks" / "results" / "lm_probe.json"
 VISION_PROBE = fsio.REPO_ROOT / "benchmarks" / "results" / "vision_probe.json"
 CACHE_TAIL = fsio.REPO_ROOT / "benchmarks" / "results" / "cache_tail.json"
 USER_DATA = fsio.REPO_ROOT / "benchmarks" / "results" / "user_data.json"
-_ROLES = {"teacher": "teacher, prepared on the labels", "student": "KD student",
-          "kd_labelled_student": "KD on the labelled questions only", "sft_student": "SFT-only student",
-          "base_student": "student's starting weights"}
+USER_DATA_TEACHER16 = fsio.REPO_ROOT / "benchmarks" / "results" / "user_data_teacher16.json"
+USER_DATA_PROFILE = fsio.REPO_ROOT / "benchmarks" / "results" / "user_data_profile.json"
 _SHORT = {"01_data": "01", "02_distill": "02", "03_evaluate": "03", "04_publish": "04"}
 
 
@@ -225,20 +228,6 @@ def cache_tail_block(path: str | Path = CACHE_TAIL) -> str:
                       f"`{_display(Path(path))}` (`{res['command'].strip()}`) by `make readme`.*"])
 
 
-def user_data_block(path: str | Path = USER_DATA) -> str:
-    """A user's dataset run on params/tiny.yaml's settings: each model's test exact match, and the teacher check."""
-    res = fsio.read_json(path)
-    rows = [[_ROLES.get(n, n), f"{m['exact_match']:.3f} [{m['exact_match_ci'][0]:.3f}, {m['exact_match_ci'][1]:.3f}]",
-             formatting.fmt("exact_match", m.get("blind_exact_match"))] for n, m in res["models"].items()]
-    tc, sizes = res["teacher_check"], ", ".join(f"{k} {v}" for k, v in res["sizes"].items())
-    verdict = "passed" if tc["ahead"] else f"failed, and the report said: \u201c{tc['message']}\u201d"
-    return "\n".join([formatting.markdown_table(["model", "test exact match [95% CI]", "blind"], rows), "",
-                      f"*`{res['dataset']['name']}` ({sizes} rows). Teacher check on {tc['n']} validation questions: "
-                      f"teacher {tc['teacher_em']:.3f} (blind {tc['teacher_blind_em']:.3f}), student's starting "
-                      f"weights {tc['student_start_em']:.3f}: {verdict} Read from `{_display(Path(path))}` "
-                      f"(`{res['command'].strip()}`, commit `{res['git_sha'][:12]}`) by `make readme`.*"])
-
-
 def _display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(fsio.REPO_ROOT))
@@ -268,12 +257,14 @@ def update(readme: str | Path = README, metrics_path: str | Path = TINY_METRICS)
     for name, path, block in (("embedded", EMBEDDED_REPORT, embedded_block),
                               ("kd_vs_sft", KD_VS_SFT, kd_vs_sft_block), ("vision_probe", VISION_PROBE,
                               vision_probe_block), ("cache_tail", CACHE_TAIL, cache_tail_block),
-                              ("user_data", USER_DATA, user_data_block), ("lm_probe", LM_PROBE, lm_probe_block),
+                              ("user_data", USER_DATA, user_data_block),
+                              ("user_data_teacher16", USER_DATA_TEACHER16, user_data_block),
+                              ("user_data_profile", USER_DATA_PROFILE, user_data_block), ("lm_probe", LM_PROBE, lm_probe_block),
                               ("plan", planblock.PLAN_VS_MEASURED, planblock.plan_block)):
         if path.exists() and _block(name).search(new):
             new = replace_block(new, name, block(path))
-    blocks = ("params", "headline", "embedded", "kd_vs_sft", "vision_probe", "cache_tail", "user_data", "lm_probe",
-              "plan")
+    blocks = ("params", "headline", "embedded", "kd_vs_sft", "vision_probe", "cache_tail", "user_data",
+              "user_data_teacher16", "user_data_profile", "lm_probe", "plan")
     changed = [n for n in blocks if current_block(text, n) != current_block(new, n)]
     if new != text:
         readme.write_text(new)

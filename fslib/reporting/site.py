@@ -74,6 +74,17 @@ def teacher_warning_html(check: dict | None) -> str:
     return f'<div class="fs-warn fs-teacher-warning"><b>Teacher check failed.</b> {esc(check["message"])}</div>'
 
 
+def choice_html(metrics: dict) -> str:
+    """03's student to trust in words, a warning box when it is not a KD student that beat fine-tuning."""
+    c = metrics.get("choice")
+    if not c:
+        return ""
+    helped = c["distilled"] and (c.get("verdict") or {}).get("kd_helped")
+    return (f'<div class="fs-{"note" if helped else "warn"} fs-choice"><b>The student to trust: '
+            f'<code>{esc(c["model"])}</code></b> ({esc(c["name"])}, chosen on the {esc(c["split"])} split; 04 '
+            f'publishes it by default). {esc(c["reason"])}</div>')
+
+
 def _stage_cells(path: Path, toc: list, banner: str = "") -> tuple[list, int]:
     """The cells of one executed notebook, ready to join: headings anchored, stderr dropped (and counted), and
     ``banner`` right under the stage's heading."""
@@ -120,7 +131,7 @@ def headline_html(metrics: dict, run: str) -> str:
     header, rows = formatting.table_rows(metrics)
     protocol = metrics.get("protocol", {}).get("summary", "")
     parts = ['<h2 id="headline-metrics">Headline metrics</h2>', teacher_warning_html(metrics.get("teacher_check")),
-             f"<p>{_inline(formatting.summary_line(metrics, run))}</p>",
+             choice_html(metrics), f"<p>{_inline(formatting.summary_line({**metrics, 'choice': None}, run))}</p>",
              scroll_box(html_table(header, rows, id="headline")),
              '<p class="fs-note">Accuracy: greedy answers scored against the reference and its aliases; the full '
              "table with F1, ROUGE-L, BLEU and the blind control is in section 3. Memory in MiB.</p>",

@@ -27,7 +27,7 @@ from fslib.world.embedded import resolve_model
 
 # 02's parameters that decide which trainings run and how the teacher is used, rather than how one training runs.
 PROTOCOL_KEYS = ("teacher_model", "student_model", "prepare_teacher", "teacher_epochs", "teacher_learning_rate",
-                 "teacher_patience", "teacher_check", "teacher_check_margin",
+                 "teacher_patience", "teacher_check", "teacher_check_margin", "teacher_check_sft_margin",
                  "teacher_freeze_vision", "teacher_lora", "student_lora", "teacher_dtype", "teacher_quantization",
                  "student_dtype", "teacher_device_map", "train_sft_baseline", "train_kd_labelled_baseline",
                  "n_unlabelled", "teacher_answer_tokens", "teacher_answer_min_confidence", "teacher_cache",
@@ -94,23 +94,50 @@ def teacher_ref(P: dict, teacher_path: str) -> cache.TeacherRef:
                             device_map=P["teacher_device_map"], trust_remote_code=P["trust_remote_code"])
 
 
-def check_teacher(P: dict, out: Path, ref, processor, student_path: str, val: list[dict]) -> dict | None:
-    """Is the prepared teacher ahead of the student's starting weights on the validation questions
+def sft_training(P: dict, out: Path, student_path: str) -> dict[str, DistillConfig]:
+    """The SFT-only baseline (labels alone, the KD student's data, steps and schedule), trained before the teacher
+    check: what fine-tuning reaches is what the teacher must beat. Empty when ``train_sft_baseline`` is off."""
+    return {"sft_student": _config(P, out, "sft_student", student_path)} if P["train_sft_baseline"] else {}
+
+
+def teacher_curve_note(history: dict | None, P: dict) -> str:
+    """How teacher preparation ended, in words: stopped on validation (patience), or at the epoch ceiling while its
+    validation loss was still falling (then ``teacher_epochs`` should be raised)."""
+    if not history:
+        return "The teacher was not prepared (prepare_teacher: false)."
+    epochs, best = history["epochs"], history.get("best_epoch")
+    head = (f"Teacher preparation ran {len(epochs)} of at most {P['teacher_epochs']} epochs; its best validation loss "
+            f"{history.get('best_val_loss', float('nan')):.4f} came at epoch {best}, and that checkpoint is the teacher.")
+    if history.get("stopped_early"):
+        return head + f" It stopped on validation: {P['teacher_patience']} epochs without a lower validation loss."
+    if best == len(epochs) and len(epochs) > 1:
+        return head + (" Its validation loss was still falling at the ceiling: raise teacher_epochs (or "
+                       "teacher_learning_rate) for a stronger teacher.")
+    return head
+
+
+def check_teacher(P: dict, out: Path, ref, processor, student_path: str, val: list[dict],
+                  sft: dict | None = None) -> dict | None:
+    """Does the prepared teacher lead what fine-tuning reaches (the SFT-only student of ``sft``, already trained),
+    the student's starting weights and its own blind score on the validation questions
     (``fslib.evaluation.teachercheck``)? Written to ``teacher_check.json``; None when ``teacher_check`` is off."""
     if not P["teacher_check"]:
         return None
     pixels = pixel_bounds(P)
     gen = collate.VQACollator(processor, pixels, max_length=P["max_length"], train=False)
     blind = collate.VQACollator(processor, pixels, max_length=P["max_length"], train=False, blind=True)
-    student = models.load_model(student_path, dtype=P["student_dtype"], frozen=True,
-                                trust_remote_code=P["trust_remote_code"])
     labelled = [r for r in val if r.get("answer") is not None]
     kw = {"batch_size": P["batch_size"], "max_new_tokens": P["teacher_answer_tokens"]}
+    load = lambda path: models.load_model(path, dtype=P["student_dtype"], frozen=True,  # noqa: E731
+                                          trust_remote_code=P["trust_remote_code"])
+    scores = {"student_start_em": _exact_match(load(student_path), gen, labelled, **kw),
+              "sft_em": _exact_match(load(str(Path(sft["sft_student"].out_dir) / "best")), gen, labelled, **kw)
+              if sft else None}
     teacher = ref.load()
     result = teachercheck.verdict({"n": len(labelled), "margin": P["teacher_check_margin"],
+                                   "sft_margin": P["teacher_check_sft_margin"],
                                    "teacher_em": _exact_match(teacher, gen, labelled, **kw),
-                                   "teacher_blind_em": _exact_match(teacher, blind, labelled, **kw),
-                                   "student_start_em": _exact_match(student, gen, labelled, **kw)})
+                                   "teacher_blind_em": _exact_match(teacher, blind, labelled, **kw), **scores})
     teachercheck.write(out, result)
     return result
 
@@ -120,10 +147,16 @@ def _exact_match(model, collator, records: list[dict], **gen) -> float:
     return sum(exact_match(a, references(r)) for a, r in zip(answers, records)) / max(len(records), 1)
 
 
-def unlabelled_pool(P: dict, out: Path, unlabelled: list[dict]) -> list[dict]:
+def unlabelled_pool(P: dict, out: Path, unlabelled: list[dict], check: dict | None = None) -> list[dict]:
     """What the teacher answers: the data's unlabelled records, plus, for the synthetic world, ``n_unlabelled`` scenes
     rendered with 01's scene settings from another seed (disjoint from every split). A user's data brings its own
-    unlabelled records: synthetic scenes would be another domain, so ``n_unlabelled`` is not used there (said so)."""
+    unlabelled records: synthetic scenes would be another domain, so ``n_unlabelled`` is not used there (said so).
+    Nothing when the teacher failed its check (``check_teacher``): its answers would not be used, so they are not
+    generated (on a user's data, answering and caching them is most of 02's time)."""
+    if check is not None and not check["ahead"]:
+        print("The teacher failed its check: it does not answer the unlabelled questions, and the KD student learns "
+              "from it on the labelled questions only.", flush=True)
+        return []
     data_params = read_json(Path(out) / "data_stats.json").get("params", {})
     source = data_params.get("data_source", "synthetic")
     if source != "synthetic":
@@ -237,8 +270,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def write_training_summary(out_dir, histories: dict, plan: dict[str, DistillConfig], *, teacher_path: str,
                            student_path: str, params: dict) -> dict:
     """``training.json``: which checkpoint is which model, for 03 and 04 to read (no hidden state between stages);
-    every training's whole config (``trainings``) and the protocol's settings (``protocol``). ``training`` (the model
-    card's table) is the published KD student's config, flattened, beside the protocol."""
+    every training's whole config (``trainings``) and the protocol's settings (``protocol``). ``training`` is the KD
+    student's config, flattened, beside the protocol; ``training_by_model`` the same for every trained student (the
+    model card shows the published one's)."""
     out_dir = Path(out_dir)
     models = {"teacher": {"path": str(teacher_path), "role": "teacher"}}
     if "kd_student" in histories:
@@ -252,11 +286,14 @@ def write_training_summary(out_dir, histories: dict, plan: dict[str, DistillConf
     models["base_student"] = {"path": str(student_path), "role": "student's starting weights"}
     protocol = {k: params[k] for k in PROTOCOL_KEYS}
     trainings = {label: cfg.to_dict() for label, cfg in plan.items()}
+    by_model = {key: {**protocol, **_flat(plan[label].resume_settings())} for key, label in
+                (("student", "kd_student"), ("kd_labelled_student", "kd_labelled_student"),
+                 ("sft_student", "sft_student")) if label in plan and label in histories}
     published = plan.get("kd_student") or next(iter(plan.values()))
     summary = {"models": models, "teacher_model": params["teacher_model"], "student_model": params["student_model"],
                "embedded": params["student_model"].startswith("embedded:"),
                "protocol": protocol, "trainings": trainings,
-               "training": {**protocol, **_flat(published.resume_settings())},
+               "training": {**protocol, **_flat(published.resume_settings())}, "training_by_model": by_model,
                "best_val_loss": {k: h.get("best_val_loss") for k, h in histories.items()},
                "params": params}
     write_json(out_dir / "training.json", summary)

@@ -64,6 +64,15 @@ def splits_to_score(available, eval_split: str, ood_split: str) -> tuple[list[st
     return [s for s in (eval_split, ood_split) if s], None
 
 
+def with_selection_split(splits: list[str], available, select_split: str = "val") -> tuple[list[str], str | None]:
+    """``splits`` plus the split the student to trust is chosen on (``fslib.evaluation.choice``): validation, never
+    the test split the headline reports; (splits, None) when the data has no validation split (then no choice)."""
+    if select_split not in list(available):
+        print(f"Note: no {select_split!r} split: the student to publish is not chosen on validation.", flush=True)
+        return splits, None
+    return splits + [s for s in [select_split] if s not in splits], select_split
+
+
 def teacher_check(out_dir) -> dict | None:
     """02's teacher check of this run (``teacher_check.json``), for metrics.json and the headline; None without it."""
     return teachercheck.read(out_dir)
