@@ -24,7 +24,8 @@ EMBEDDED_PREFIX = "embedded:"
 
 # Tiny presets. Sizes mirror the real pair's *shape*: Qwen2-VL-2B and -7B share the vision tower's architecture (the
 # same 675M-parameter ViT) and the language model's depth (28 layers), and the 7B is wider (3584 vs 1536). So here
-# both have the same 3-block vision tower and 4 text layers, and the teacher's text model is twice as wide. Its
+# both have the same 3-block vision tower and the teacher's text model is twice as wide; unlike the real pair, the
+# student also has half the depth (2 text layers against 4), the only way a tiny student decodes faster (below). Its
 # output layer is padded 128 rows further (152,064 vs 151,936 in the real pair), so vocabulary alignment is always
 # exercised. head_dim is 32 for every text model, so mrope_section sums to head_dim / 2 = 16.
 # ``pretrain`` is the recipe of ``fslib.world.pretrain``, built once by ``make embedded`` and committed: the vision
