@@ -73,6 +73,7 @@ class Arch:
     lin_v_heads: int = 0
     lin_dim: int = 0  # key and value head width of the linear attention
     gated_attention: bool = False  # Qwen3.5: q_proj also yields a sigmoid gate on the attention output
+    text_json: str = ""  # Qwen3.5: the text config, from which its Gated-DeltaNet's activations are traced
 
     @property
     def kv_dim(self) -> int:
@@ -188,7 +189,8 @@ def _from_config_json(name: str, config_json: str) -> Arch:
                 lin_k_heads=getattr(text, "linear_num_key_heads", 0) if fam.linear_attention else 0,
                 lin_v_heads=getattr(text, "linear_num_value_heads", 0) if fam.linear_attention else 0,
                 lin_dim=getattr(text, "linear_key_head_dim", 0) if fam.linear_attention else 0,
-                gated_attention=fam.linear_attention)
+                gated_attention=fam.linear_attention,
+                text_json=text.to_json_string(use_diff=False) if fam.linear_attention else "")
 
 
 def arch_of(name: str, search: str | Path | None = None) -> Arch:
