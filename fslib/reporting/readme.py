@@ -14,6 +14,9 @@
   ``benchmarks/results/vision_probe.json`` (``benchmarks/vision_probe.py`` writes it).
 - ``plan``: the planner's real-job plans per GPU and its CPU rehearsal against measured peaks, read from
   ``benchmarks/results/plan_vs_measured.json`` (``benchmarks/plan_vs_measured.py``; ``fslib.reporting.planblock``).
+- ``families``: "Other Qwen-VL pairs": the planner on each new family's params file per GPU, read from
+  ``benchmarks/results/family_plans.json`` (``benchmarks/family_plans.py``), and the family variants of
+  ``plan_vs_measured.json`` (``fslib.reporting.familyblock``).
 - ``cache_tail``: the KD student against the live teacher and the two tail handlings of the top-k cache, read from
   ``benchmarks/results/cache_tail.json`` (``benchmarks/cache_tail.py`` writes it).
 """
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from fslib.core import config, fsio
 from fslib.evaluation import formatting
-from fslib.reporting import planblock
+from fslib.reporting import familyblock, planblock
 
 README = fsio.REPO_ROOT / "README.md"
 TINY_METRICS = fsio.REPO_ROOT / "reports" / "tiny" / "metrics.json"
@@ -225,10 +228,12 @@ def update(readme: str | Path = README, metrics_path: str | Path = TINY_METRICS)
                               ("kd_vs_sft", KD_VS_SFT, kd_vs_sft_block), ("vision_probe", VISION_PROBE,
                               vision_probe_block), ("cache_tail", CACHE_TAIL, cache_tail_block),
                               ("user_data", USER_DATA, user_data_block),
-                              ("plan", planblock.PLAN_VS_MEASURED, planblock.plan_block)):
+                              ("plan", planblock.PLAN_VS_MEASURED, planblock.plan_block),
+                              ("families", familyblock.FAMILY_PLANS, familyblock.family_block)):
         if path.exists() and _block(name).search(new):
             new = replace_block(new, name, block(path))
-    blocks = ("params", "headline", "embedded", "kd_vs_sft", "vision_probe", "cache_tail", "user_data", "plan")
+    blocks = ("params", "headline", "embedded", "kd_vs_sft", "vision_probe", "cache_tail", "user_data", "plan",
+              "families")
     changed = [n for n in blocks if current_block(text, n) != current_block(new, n)]
     if new != text:
         readme.write_text(new)
