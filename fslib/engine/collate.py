@@ -82,14 +82,18 @@ def answer_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokeniz
     """
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    header = len(tokenizer(assistant_header, add_special_tokens=False)["input_ids"])
+    # The family's header, or the plain one where a checkpoint's own template renders no reasoning block here.
+    headers = [tokenizer(h, add_special_tokens=False)["input_ids"] for h in dict.fromkeys([assistant_header,
+                                                                                          "assistant\n"])]
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     for row in range(input_ids.shape[0]):
         ids = input_ids[row].tolist()
         starts = [i for i, t in enumerate(ids) if t == im_start and attention_mask[row, i]]
         if not starts:
             raise ValueError("no <|im_start|> in a training sample: was the chat template applied?")
-        first = starts[-1] + 1 + header
+        at = starts[-1] + 1
+        header = next((h for h in headers if ids[at:at + len(h)] == h), headers[-1])
+        first = at + len(header)
         ends = [i for i in range(first, len(ids)) if ids[i] == im_end]
         if not ends:
             raise ValueError("answer has no closing <|im_end|>: the sample was truncated; raise max_length")

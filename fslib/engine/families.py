@@ -190,12 +190,17 @@ def of_model(model) -> Family:
 
 def of_processor(processor) -> Family:
     """The family a processor belongs to, from its class and patch size (Qwen3-VL and Qwen3.5 share a processor
-    class: the tokenizer class tells them apart)."""
+    class: the vocabulary's size, or for small test tokenizers the tokenizer class, tells them apart)."""
     cls = type(processor).__name__
     tok = type(processor.tokenizer).__name__.removesuffix("Fast")
     patch = getattr(processor.image_processor, "patch_size", None)
-    matches = [f for f in FAMILIES.values() if f.processor_class == cls and f.patch_size == patch
-               and (f.tokenizer_class == tok or tok not in ("Qwen2Tokenizer", "Qwen3_5Tokenizer"))]
+    matches = [f for f in FAMILIES.values() if f.processor_class == cls and f.patch_size == patch]
+    if len(matches) > 1:  # Qwen3-VL and Qwen3.5: a vocabulary too large for Qwen2's BPE, or the tokenizer class
+        smallest = min(matches, key=lambda f: f.real_vocab_entries)
+        if len(processor.tokenizer) > smallest.real_vocab_entries:
+            matches = [f for f in matches if f.real_vocab_entries > smallest.real_vocab_entries]
+        else:
+            matches = [f for f in matches if f.tokenizer_class == tok]
     if len(matches) != 1:
         raise ValueError(f"cannot tell the model family of a {cls} (tokenizer {tok}, patch {patch}); known: "
                          + ", ".join(f"{f.name} ({f.processor_class}, {f.tokenizer_class}, patch {f.patch_size})"
