@@ -22,7 +22,7 @@ from fslib.world import embedded, synth
 FAMILIES = ("qwen2.5-vl", "qwen3-vl", "qwen3.5")
 # The shortest run that exercises every stage: seq-KD answers (4 unlabelled questions), the teacher cache, one KD
 # student epoch, 03's speed benchmark at batch 1 (accuracy is not computed for random weights), 04's Hub folder.
-RUN = {"prepare_teacher": False, "teacher_check": False, "n_train": 8, "n_val": 2, "n_test": 4, "n_ood": 2,
+RUN = {"prepare_teacher": False, "teacher_check": False, "n_train": 8, "n_val": 2, "n_test": 2, "n_ood": 1,
        "n_unlabelled": 4, "epochs": 1, "batch_size": 4, "grad_accum": 1, "teacher_cache": True,
        "train_sft_baseline": False, "train_kd_labelled_baseline": False, "video_fraction": 0.34,
        "bench_repeats": 1, "bench_warmup": 1, "bench_batch_sizes": [1], "bench_variants": [], "bench_new_tokens": 4,
@@ -86,8 +86,9 @@ def test_each_family_live_and_chunked_kd_lora_and_resume(family_run, tmp_path, m
     family, run = family_run
     full = _job(run, family, epochs=2, batch_size=2, grad_accum=2)  # 4 optimizer steps, a checkpoint after each
     histories = {}
-    for name, cfg in {"full": full, "chunked": full.but(loss={"kd_impl": "chunked"}),
-                      "lora": full.but(model={"lora": True}, optim={"epochs": 1})}.items():
+    one = {"epochs": 1}  # the first step's loss is what the chunked path is compared on; LoRA needs one epoch
+    for name, cfg in {"full": full, "chunked": full.but(loss={"kd_impl": "chunked"}, optim=one),
+                      "lora": full.but(model={"lora": True}, optim=one)}.items():
         histories[name] = jobs.run(cfg.but(out_dir=str(tmp_path / name)))
     first = {k: h["steps"][0]["loss"] for k, h in histories.items()}
     assert first["chunked"] == pytest.approx(first["full"], rel=1e-4)  # the same KD loss by another path
