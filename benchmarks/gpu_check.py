@@ -1,26 +1,29 @@
-"""One short GPU session: the real-size Qwen2-VL-2B and -7B with random weights (no hub access needed).
+"""One short GPU session for every Qwen-VL family: each pair at its real size with random weights (no hub access).
 
-    python benchmarks/gpu_check.py                       # on the GPU node; writes $OUT/gpu_check.json (or --out)
-    python benchmarks/gpu_check.py --device cpu --preset tiny --out /tmp/gc   # CPU smoke run of the same code
+    python benchmarks/gpu_check.py                      # on the GPU node: writes $OUT/gpu_check.json (or --out)
+    python benchmarks/gpu_check.py --dry-run --out /tmp/gc   # the same code on CPU, tiny pairs: under 5 minutes
 
-Sections, each in its own try/except (an error is recorded and the next section runs), JSON rewritten after each:
+Pairs (``fslib.engine.presets``; ``--families`` picks some): Qwen2-VL 7B -> 2B, Qwen2.5-VL 7B -> 3B, Qwen3-VL 8B -> 2B,
+Qwen3.5 9B -> 4B. Each model gets its family's real tokenizer and processor (``fslib.engine.qwentok``), so prompts
+have the released token counts; inputs are synthetic egocentric scenes (``--image-size``, 448: 256 visual tokens for
+Qwen2-VL / 2.5-VL, 196 for Qwen3-VL / 3.5). Per family, each section in its own try/except (an error is recorded and
+the next section runs), the JSON rewritten after each:
 
-1. ``env``: torch/transformers/bitsandbytes versions, device name, memory, peak bandwidth used for utilisation.
-2. ``student_bf16`` / ``teacher_bf16``: the 2B and 7B built in bf16 directly on the device; time to first token,
-   decode time per token, throughput at each batch size, weights and peak memory, decode bandwidth utilisation
-   (``fslib.evaluation.bench.measure_loaded``: warm-up excluded, min_new_tokens == max_new_tokens, median and p90; the peak
-   counter is reset per batch size and the model is freed before the next one is built).
-3. ``student_train_step``: the 2B student with fp32 master weights, bf16 autocast forward + backward with gradient
-   checkpointing, AdamW step; peak memory and median step time.
-4. ``vision_memo``: is reusing a frozen tower's features (``fslib.engine.visionmemo``, on by default in 02) worth it here?
-   The 2B's vision features of a training batch, recomputed by the bf16 tower vs served by the memo on a hit (its
-   device-to-host copy and BLAKE2 digest of the pixels, the lookup and the copy back); median seconds of each.
-5. ``teacher_int8``: the 7B saved once (bf16, to a temporary folder) and reloaded through bitsandbytes INT8, as the
-   real checkpoint would be; batch 1 only, fewer repeats (INT8 decode is slow). Last, because it is the slowest.
+1. ``<family>/kd_step``: the student with fp32 master weights under bf16 autocast, gradient checkpointing, frozen
+   vision tower, AdamW; the bf16 teacher frozen beside it; one warm-up step then ``--train-steps`` timed steps of the
+   chunked KD loss (02's ``fslib.engine.losspaths.batch_loss``). Peak memory (``torch.cuda.max_memory_allocated``)
+   against the planner's prediction for the same training on this GPU (``fslib.training.plan``: same shapes, batch,
+   sequence and answer tokens); the teacher's forward and the student's step, median seconds.
+2. ``<family>/decode``: the student in bf16 at batch 1, ``--new-tokens`` greedy tokens, warm-up excluded
+   (``fslib.evaluation.bench.measure_latency``): eager with a dynamic cache, then a static cache with
+   ``torch.compile`` of the forward; decode seconds per token and the share of the memory-bandwidth roofline (bytes a
+   decode step reads / time / the GPU's peak bandwidth).
 
-Inputs are real synthetic egocentric scenes at 448x448 (256 visual tokens with the real processor bounds) through the
-project's processor and chat template. Accuracy is meaningless with random weights and is not computed.
-Designed to finish in under 8 minutes on an H200.
+``--dry-run`` runs on the CPU with the tiny pairs of every family (``tiny-<family>-teacher/student``, the small BPE as
+each family's tokenizer): the real presets' shallow cuts (2 text layers, 2 vision blocks, real widths and
+vocabularies: ``--presets shallow``) are 0.4 to 2.5 billion parameters each, too slow for a shared 2-core machine.
+On a CPU no peak is measured and compile is skipped; every other line runs. Accuracy is never computed.
+Designed to finish in under 8 minutes on one H200 (model builds dominate: about 45 GB of random bf16 weights).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -37,43 +41,46 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PRESETS = {"real": ("random-init:qwen2-vl-2b", "random-init:qwen2-vl-7b"), "tiny": ("random-init:tiny",) * 2}
+PAIRS = {"qwen2-vl": ("qwen2-vl-7b", "qwen2-vl-2b"), "qwen2.5-vl": ("qwen2.5-vl-7b", "qwen2.5-vl-3b"),
+         "qwen3-vl": ("qwen3-vl-8b", "qwen3-vl-2b"), "qwen3.5": ("qwen3.5-9b", "qwen3.5-4b")}
+
+
+def presets_of(family: str, kind: str) -> tuple[str, str]:
+    """(teacher, student) presets: ``real``, ``shallow`` (2 layers, real widths) or ``tiny`` (CPU pairs)."""
+    teacher, student = PAIRS[family]
+    if kind == "shallow":
+        return f"{teacher}-shallow", f"{student}-shallow"
+    if kind == "tiny":
+        if family == "qwen2-vl":
+            return "tiny", "tiny"
+        return f"tiny-{family}-teacher", f"tiny-{family}-student"
+    return teacher, student
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    ap.add_argument("--preset", default="real", choices=sorted(PRESETS), help="real: 2B and 7B; tiny: CPU smoke")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny pairs, short settings, no compile")
+    ap.add_argument("--presets", default=None, choices=("real", "shallow", "tiny"),
+                    help="default: real (tiny with --dry-run)")
+    ap.add_argument("--families", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_check.json (default $OUT)")
+    ap.add_argument("--gpu", default="h200", help="the planner's name for this GPU (fslib.training.plan.gpus)")
     ap.add_argument("--image-size", type=int, default=448)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--int8-repeats", type=int, default=3)
-    ap.add_argument("--train-batch", type=int, default=2, help="the real recipe's micro-batch")
-    ap.add_argument("--train-steps", type=int, default=3)
-    ap.add_argument("--skip", nargs="*", default=[], help="section names to skip")
-    return ap.parse_args(argv)
-
-
-def setup(args):
-    """The processor (tiny tokenizer, real pixel bounds), the scenes, and collators for generation and training."""
-    from fslib.engine import collate, randominit
-    from fslib.world import synth
-    from fslib.world.embedded import build_tiny_processor
-
-    processor = build_tiny_processor(synth.corpus_text(), min_pixels=randominit.REAL_MIN_PIXELS,
-                                     max_pixels=randominit.REAL_MAX_PIXELS)
-    n = max(args.batch_sizes + [args.train_batch])
-    splits = synth.build_synthetic(seed=0, n_train=n, n_val=1, n_test=n, n_ood=1, image_size=args.image_size,
-                                   video_fraction=0.0)
-    side = args.image_size * args.image_size
-    pixels = dict(image_min_pixels=randominit.REAL_MIN_PIXELS, image_max_pixels=side, video_min_pixels=3136,
-                  video_max_pixels=side, video_total_pixels=side * 8)
-    gen = collate.VQACollator(processor, pixels, max_length=4096, train=False)
-    train = collate.VQACollator(processor, pixels, max_length=4096, train=True)
-    return processor, splits, gen, train
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--train-batch", type=int, default=2, help="the real recipes' micro-batch")
+    ap.add_argument("--train-steps", type=int, default=2)
+    ap.add_argument("--no-compile", action="store_true", help="skip the static-cache + torch.compile decode")
+    ap.add_argument("--skip", nargs="*", default=[], help="section names to skip (kd_step, decode)")
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        args.device, args.presets = "cpu", args.presets or "tiny"
+        args.image_size, args.new_tokens, args.warmup, args.repeats = 112, 3, 1, 1
+        args.train_steps, args.no_compile = 1, True
+    args.presets = args.presets or "real"
+    return args
 
 
 def free(device: str) -> None:
@@ -84,7 +91,7 @@ def free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def section_env(args, ctx) -> dict:
+def section_env(args) -> dict:
     import importlib.metadata as md
 
     import torch
@@ -94,176 +101,184 @@ def section_env(args, ctx) -> dict:
     name = bench.device_name(args.device)
     out = {"torch": torch.__version__, "device": name, "peak_bandwidth_bytes_per_s": bench.peak_bandwidth(name)}
     for lib in ("transformers", "bitsandbytes", "accelerate"):
-        out[lib] = md.version(lib)
+        try:
+            out[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            out[lib] = None
     if args.device == "cuda":
         props = torch.cuda.get_device_properties(0)
         out.update(total_memory_bytes=props.total_memory, capability=f"{props.major}.{props.minor}")
     return out
 
 
-def section_generate(args, ctx, preset: str) -> dict:
-    """Build ``preset`` in bf16 on the device, measure it (``fslib.evaluation.bench.measure_loaded``), free it."""
-    import torch
+class Family:
+    """One family's folders (config + real processor, no weights), scenes and collators."""
 
-    from fslib.engine import randominit
+    def __init__(self, args, family: str, root: Path):
+        from fslib.engine import collate, models
+        from fslib.world import embedded, synth
+
+        self.family = family
+        self.teacher_preset, self.student_preset = presets_of(family, args.presets)
+        self.folders = {role: embedded.resolve_model(f"random-init:{p}", root, corpus_fn=synth.corpus_text)
+                        for role, p in (("teacher", self.teacher_preset), ("student", self.student_preset))}
+        self.processor = models.load_processor(self.folders["student"])
+        n = max(args.train_batch, 1)
+        self.splits = synth.build_synthetic(seed=0, n_train=n, n_val=1, n_test=1, n_ood=1,
+                                            image_size=args.image_size, video_fraction=0.0)
+        side = args.image_size * args.image_size
+        self.pixels = dict(image_min_pixels=min(side, 3136), image_max_pixels=side, video_min_pixels=3136,
+                           video_max_pixels=side, video_total_pixels=side * 8)
+        self.gen = collate.VQACollator(self.processor, self.pixels, max_length=8192, train=False)
+        self.train = collate.VQACollator(self.processor, self.pixels, max_length=8192, train=True)
+
+    def build(self, role: str, dtype, device: str):
+        from transformers import AutoConfig
+
+        from fslib.engine import randominit
+
+        return randominit.build_model(AutoConfig.from_pretrained(self.folders[role]), dtype=dtype, device=device)
+
+
+def _median_time(fn, device: str, n: int) -> tuple[float, list[float]]:
     from fslib.evaluation import bench
 
-    processor, splits, gen, _ = ctx
-    bench.reset_peak(args.device)
-    cfg = randominit.config(preset, randominit.token_ids(processor.tokenizer))
-    t0 = time.perf_counter()
-    model = randominit.build_model(cfg, dtype=torch.bfloat16, device=args.device)
-    build_s = time.perf_counter() - t0
-    recs = splits["test"]
-    batches = {b: gen(recs[:b])["inputs"] for b in args.batch_sizes}
-    out = bench.measure_loaded(model, batches, device=args.device, new_tokens=args.new_tokens, warmup=args.warmup,
-                               repeats=args.repeats)
-    out.update(preset=preset, dtype="bfloat16", build_s=build_s, visual_tokens=int(gen(recs[:1])["visual_tokens"][0]))
-    del model
-    free(args.device)
-    return out
-
-
-def section_train_step(args, ctx, preset: str) -> dict:
-    """fp32 master weights, bf16 autocast forward + backward, gradient checkpointing, AdamW: peak and step time."""
-    import torch
-
-    from fslib.engine import randominit
-    from fslib.evaluation import bench
-
-    processor, splits, _, train = ctx
-    bench.reset_peak(args.device)
-    model = randominit.build_model(randominit.config(preset, randominit.token_ids(processor.tokenizer)), device=args.device)
-    model.requires_grad_(True)
-    model.train()
-    model.config.use_cache = False  # a KV cache is useless in training and conflicts with checkpointing
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=args.device == "cuda")
-    batch = train(splits["train"][:args.train_batch])
-    inputs = {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-    labels = batch["labels"].to(args.device)
     times = []
-    for step in range(args.train_steps + 1):  # step 0 is the warm-up (allocates the optimizer state)
+    for _ in range(n):
         bench._sync()
         t0 = time.perf_counter()
-        with torch.autocast(args.device, dtype=torch.bfloat16):
-            loss = model(**inputs, labels=labels).loss
-        loss.backward()
+        fn()
+        bench._sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def predicted_peak(args, fam: Family, batch: dict) -> dict:
+    """The planner's plan for this very step: the same folders, batch, sequence, visual and answer tokens."""
+    from fslib.engine import labels as lab
+    from fslib.training import plan as planner
+    from fslib.training.config import DataConfig, DistillConfig, LossConfig, ModelConfig, OptimConfig, TeacherConfig
+    from fslib.training.plan.workload import Workload
+
+    inputs = batch["inputs"]
+    n_answer = int(lab.counted(batch["labels"]).sum())
+    b, seq = inputs["input_ids"].shape
+    visual = int(batch["visual_tokens"].max())
+    cfg = DistillConfig(label="gpu_check", out_dir="", data=DataConfig(data_dir="", pixels=fam.pixels),
+                        model=ModelConfig(path=fam.folders["student"], dtype="float32", freeze_vision=True,
+                                          gradient_checkpointing=True),
+                        teacher=TeacherConfig(path=fam.folders["teacher"], dtype="bfloat16"),
+                        loss=LossConfig(kd_impl="chunked"), optim=OptimConfig(batch_size=b, grad_accum=1))
+    work = Workload(batch=b, seq_len=seq, visual_tokens=visual, answer_tokens=max(1, round(n_answer / b)),
+                    mean_seq_len=seq, mean_visual_tokens=visual, samples_per_epoch=b, memo_samples=0,
+                    sources="gpu_check's batch")
+    dev = planner.device(args.gpu if args.device == "cuda" else "cpu")
+    p = planner.plan(planner.job_for(cfg, work, dev), with_advice=False)
+    return {"predicted_bytes": p["total_bytes"], "predicted_phase": p["peak_phase"],
+            "predicted_components": {k: v for k, v in p["components"].items() if v}}
+
+
+def section_kd_step(args, fam: Family) -> dict:
+    """One KD training step of the real recipe (see the module doc): peak against the planner, step times."""
+    import torch
+
+    from fslib.engine import adapters, losspaths
+    from fslib.evaluation import bench
+
+    free(args.device)
+    bench.reset_peak(args.device)
+    teacher = fam.build("teacher", torch.bfloat16, args.device)  # eval mode, frozen
+    student = fam.build("student", torch.float32, args.device)
+    student.requires_grad_(True)
+    student = adapters.prepare(student, freeze_vision=True, gradient_checkpointing=True)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5,
+                            fused=args.device == "cuda")
+    batch = fam.train(fam.splits["train"][:args.train_batch])
+    spec = losspaths.LossConfig(kd_impl="chunked")
+
+    def step():
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):
+            out = losspaths.batch_loss(student, teacher, batch, loss=spec, device=args.device)
+        out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        bench._sync()
-        if step:
-            times.append(time.perf_counter() - t0)
-    out = {"preset": preset, "batch": args.train_batch, "tokens": int(inputs["attention_mask"].sum()),
-           "step_s": sorted(times)[len(times) // 2], "step_samples": times, "loss": loss.item(),
-           "peak_bytes": bench.peak_so_far(args.device), "params": bench.memory_split(model)["params"]}
-    del model, opt, inputs, loss
+        return out
+
+    step()  # warm-up: allocates AdamW's state
+    step_s, step_times = _median_time(step, args.device, args.train_steps)
+    peak = bench.peak_so_far(args.device) if args.device == "cuda" else None
+    inputs = losspaths.to_device(batch["inputs"], args.device)
+    with torch.no_grad():
+        teacher_s, _ = _median_time(lambda: teacher(**inputs, logits_to_keep=1), args.device, args.train_steps)
+    out = {"teacher": fam.teacher_preset, "student": fam.student_preset, "batch": args.train_batch,
+           "tokens": int(inputs["attention_mask"].sum()), "sequence": int(inputs["input_ids"].shape[1]),
+           "visual_tokens": [int(v) for v in batch["visual_tokens"]], "peak_bytes": peak,
+           "student_step_s": step_s, "student_step_samples": step_times, "teacher_forward_s": teacher_s}
+    del teacher, student, opt, inputs
     free(args.device)
+    out.update(predicted_peak(args, fam, batch))
+    if peak:
+        out["error"] = (out["predicted_bytes"] - peak) / peak
     return out
 
 
-def section_vision_memo(args, ctx, preset: str) -> dict:
-    """The frozen bf16 tower's features of one training batch: recomputed vs a memo hit (median s of each)."""
+def section_decode(args, fam: Family) -> dict:
+    """The student's batch-1 decode: eager (dynamic cache), then static cache + torch.compile (GPU)."""
     import torch
 
-    from fslib.engine import randominit, visionmemo
     from fslib.evaluation import bench
 
-    processor, splits, _, train = ctx
-    model = randominit.build_model(randominit.config(preset, randominit.token_ids(processor.tokenizer)), dtype=torch.bfloat16,
-                                device=args.device)
-    model.requires_grad_(False)
-    model.eval()
-    batch = train(splits["train"][:args.train_batch])["inputs"]
-    pixels = batch["pixel_values"].to(args.device, torch.bfloat16)
-    grid = batch["image_grid_thw"].to(args.device)
-    inner = model.model
-
-    def median_s(fn) -> float:
-        times = []
-        for _ in range(args.repeats + 1):  # the first call is a warm-up (and the memo's one miss)
-            bench._sync()
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                fn()
-            bench._sync()
-            times.append(time.perf_counter() - t0)
-        return sorted(times[1:])[len(times[1:]) // 2]
-
-    tower_s = median_s(lambda: inner.get_image_features(pixels, grid))
-    memo = visionmemo.install(model, 2**30)
-    hit_s = median_s(lambda: inner.get_image_features(pixels, grid))
-    out = {"preset": preset, "batch": args.train_batch, "pixel_bytes": pixels.numel() * pixels.element_size(),
-           "tower_s": tower_s, "memo_hit_s": hit_s, "memo": memo.stats()}
-    visionmemo.remove(model)
-    del model, pixels
     free(args.device)
-    return out
-
-
-def section_int8(args, ctx, preset: str) -> dict:
-    """The teacher saved in bf16 to a temporary folder and reloaded with bitsandbytes INT8, then measured at batch 1."""
-    import torch
-
-    from fslib.engine import randominit
-    from fslib.engine.models import load_model
-    from fslib.evaluation import bench
-
-    processor, splits, gen, _ = ctx
-    with tempfile.TemporaryDirectory(prefix="gpu_check_int8_") as tmp:
-        model = randominit.build_model(randominit.config(preset, randominit.token_ids(processor.tokenizer)),
-                                    dtype=torch.bfloat16, device=args.device)
-        t0 = time.perf_counter()
-        model.save_pretrained(tmp)
-        save_s = time.perf_counter() - t0
-        del model
-        free(args.device)
-        bench.reset_peak(args.device)
-        t0 = time.perf_counter()
-        model = load_model(tmp, dtype="bfloat16", quantization="int8", frozen=True,
-                           device_map=args.device if args.device == "cuda" else None)
-        load_s = time.perf_counter() - t0
-    out = bench.measure_loaded(model, {1: gen(splits["test"][:1])["inputs"]}, device=args.device,
-                               new_tokens=args.new_tokens, warmup=1, repeats=args.int8_repeats)
-    out.update(preset=preset, quantization="int8", save_s=save_s, load_s=load_s)
+    model = fam.build("student", torch.bfloat16, args.device)
+    inputs = fam.gen(fam.splits["test"][:1])["inputs"]
+    bytes_per_token = bench.memory_split(model)["decode_bytes_per_token"]
+    peak_bw = bench.peak_bandwidth(bench.device_name(args.device)) if args.device == "cuda" else None
+    out = {"student": fam.student_preset, "decode_bytes_per_token": bytes_per_token,
+           "prompt_tokens": int(inputs["input_ids"].shape[1])}
+    modes = [("eager", False)] + ([] if args.no_compile else [("static_compiled", True)])
+    for name, compiled in modes:
+        if compiled:
+            model.generation_config.cache_implementation = "static"
+            model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
+        lat = bench.measure_latency(model, inputs, new_tokens=args.new_tokens, warmup=args.warmup + (2 if compiled
+                                                                                                     else 0),
+                                    repeats=args.repeats)
+        out[name] = {"decode_s_per_token": lat["decode_s_per_token"], "ttft_s": lat["ttft_s"],
+                     "roofline_share": bench.bandwidth_utilisation(bytes_per_token, lat["decode_s_per_token"],
+                                                                   peak_bw)}
     del model
     free(args.device)
     return out
 
 
 def run(args) -> dict:
-    student, teacher = PRESETS[args.preset]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"args": vars(args), "sections": {}, "errors": {}}
     t_start = time.perf_counter()
-    ctx = None
-    sections = [("env", lambda: section_env(args, ctx)),
-                ("student_bf16", lambda: section_generate(args, ctx, student)),
-                ("teacher_bf16", lambda: section_generate(args, ctx, teacher)),
-                ("student_train_step", lambda: section_train_step(args, ctx, student)),
-                ("vision_memo", lambda: section_vision_memo(args, ctx, student)),
-                ("teacher_int8", lambda: section_int8(args, ctx, teacher))]
-    try:
-        ctx = setup(args)
-    except Exception:  # noqa: BLE001 — without inputs only the environment can be reported
-        report["errors"]["setup"] = traceback.format_exc()
-        sections = sections[:1]
-    for name, fn in sections:
-        if name in args.skip:
-            continue
+
+    def record(name, fn):
         t0 = time.perf_counter()
         try:
             report["sections"][name] = {**fn(), "section_s": time.perf_counter() - t0}
-        except Exception:  # noqa: BLE001 — record and go on: one failure must not lose the other measurements
+        except Exception:  # noqa: BLE001 - record and go on: one failure must not lose the other measurements
             report["errors"][name] = traceback.format_exc()
             free(args.device)
         report["elapsed_s"] = time.perf_counter() - t_start
         (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
         print(f"[{report['elapsed_s']:.0f} s] {name}: {'error' if name in report['errors'] else 'ok'}", flush=True)
+
+    record("env", lambda: section_env(args))
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        for family in args.families:
+            box = {}
+            record(f"{family}/setup", lambda: box.setdefault("f", Family(args, family, Path(tmp))) and {
+                "teacher": box["f"].teacher_preset, "student": box["f"].student_preset})
+            if "f" not in box:
+                continue
+            for name, fn in (("kd_step", section_kd_step), ("decode", section_decode)):
+                if name not in args.skip:
+                    record(f"{family}/{name}", lambda fn=fn: fn(args, box["f"]))
     return report
 
 

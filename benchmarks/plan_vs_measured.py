@@ -14,6 +14,18 @@ allocated bytes) and a quantised teacher's unquantised tensors copied out of the
 the checkpoint saves included). Predicted: the planner for the same config on this CPU (device cpu, 1 process), the
 same data (01's data_stats.json), ``predicted_step_bytes`` without its checkpoint-save phase. Target: every run
 within +-15%.
+
+Other families (``FAMILY_VARIANTS``): one variant each for Qwen2.5-VL, Qwen3-VL and Qwen3.5, with their own
+real-width shallow presets and real tokenizers (Qwen3.5: the 248,320-row vocabulary), each on its own 01 data (its
+processor's token counts: 32 pixels per visual token side for Qwen3-VL and Qwen3.5). They train LoRA students (and
+smaller teachers than the published pairs' for Qwen3-VL and Qwen3.5) so that a variant stays under about 8 GiB on a
+shared 24 GiB machine; the pair each variant uses is in its ``params``.
+
+Disk: every training writes to a temporary folder (``--workdir``, default under ``$TMPDIR``) that is deleted as soon
+as the variant is measured: at most one variant's checkpoints exist at a time, the resume checkpoint (the student's
+weights and AdamW state) and its final export, which the script states before each run (``disk_need_bytes``; about
+2 GiB for the Qwen2-VL variants, less for the LoRA ones). The 01 data of the rehearsals stays under reports/ (tens
+of MB).
 """
 
 from __future__ import annotations
@@ -49,6 +61,20 @@ VARIANTS = {
     "teacher-bf16_lora_no-ckpt": {"student_lora": True, "gradient_checkpointing": False},
     "teacher-int8_full_ckpt": {"teacher_quantization": "int8", "grad_accum": 1, "samples_per_epoch": 4},
 }
+# One variant per other family: name -> 02 parameters over the rehearsal's, with its own run (its own 01 data).
+FAMILY_VARIANTS = {
+    "qwen2.5-vl_teacher-bf16_lora_ckpt": {"run_name": "real-shape-rehearsal-qwen2.5-vl", "student_lora": True,
+                                          "teacher_model": "random-init:qwen2.5-vl-7b-shallow",
+                                          "student_model": "random-init:qwen2.5-vl-3b-shallow"},
+    "qwen3-vl_teacher-bf16_lora_ckpt": {"run_name": "real-shape-rehearsal-qwen3-vl", "student_lora": True,
+                                        "teacher_model": "random-init:qwen3-vl-4b-shallow",
+                                        "student_model": "random-init:qwen3-vl-2b-shallow"},
+    "qwen3.5_teacher-bf16_lora_ckpt": {"run_name": "real-shape-rehearsal-qwen3.5", "student_lora": True,
+                                       "teacher_model": "random-init:qwen3.5-4b-shallow",
+                                       "student_model": "random-init:qwen3.5-0.8b-shallow"},
+}
+VARIANTS.update(FAMILY_VARIANTS)
+WORKDIR = None  # set by --workdir: where the variants' trainings write (deleted after each)
 # ms-swift's published figure: Qwen2-VL-7B-Instruct LoRA on one GPU, batch 1, max_length 2048, about 20 GiB
 MS_SWIFT = {"gib": 20.0, "source": "ms-swift's examples/train/multimodal/grounding.sh, whose header says 20GiB: "
             "Qwen2-VL-7B-Instruct, LoRA rank 8 on all-linear, freeze_vit, bf16, 1 GPU, batch 1, max_length 2048, "
@@ -76,7 +102,7 @@ def config_for(P: dict, name: str):
     student = resolve_model(P["student_model"], out / "embedded")
     cfg = distill.student_trainings(P, out, student_path=student, teacher_path=teacher, cache_dir=None,
                                     extra_train_dirs=[], n_labelled=P["n_train"])["kd_student"]
-    cfg = cfg.but(label=name, out_dir=str(out / "plan_vs_measured" / name))
+    cfg = cfg.but(label=name, out_dir=str(Path(WORKDIR or out / "plan_vs_measured") / name))
     per_epoch = VARIANTS.get(name, {}).get("samples_per_epoch")
     return cfg.but(data={"samples_per_epoch": per_epoch}) if per_epoch else cfg
 
@@ -87,7 +113,8 @@ def predict(P: dict, cfg, work=None) -> dict:
     from fslib.training.plan import workload
 
     out = ROOT / P["reports_dir"] / P["run_name"]
-    work = work or workload.from_params(P, stats=workload.read_stats(out))
+    student = planner.arch_of(cfg.model.path)  # the family's pixels per visual token side
+    work = work or workload.from_params(P, stats=workload.read_stats(out), factor=student.patch * student.merge)
     return planner.plan(planner.job_for(cfg, work, planner.device("cpu")), with_advice=False)
 
 
@@ -166,14 +193,51 @@ def compare(measured: dict) -> dict:
     return row
 
 
+def disk_need(name: str) -> int:
+    """Bytes a variant's checkpoints take at most: the resume checkpoint (the trained weights, and for LoRA the frozen
+    base too, plus AdamW's two moments) and the final export (the merged weights)."""
+    P = params(VARIANTS[name])
+    p = predict(P, config_for(P, name))
+    c = p["components"]
+    return 2 * c["student_weights"] + c["optimizer_state"]
+
+
+def ensure_data(name: str) -> None:
+    """01 for the variant's run, once (its processor's token counts)."""
+    import tempfile
+
+    import yaml
+
+    P = params(VARIANTS[name])
+    if (ROOT / P["reports_dir"] / P["run_name"] / "data_stats.json").exists():
+        return
+    over = {k: v for k, v in VARIANTS[name].items() if k in ("run_name", "student_model", "teacher_model")
+            or k.endswith("_pixels")}
+    with tempfile.TemporaryDirectory() as tmp:
+        pfile = Path(tmp) / "params.yaml"
+        base = yaml.safe_load(PARAMS.read_text())
+        pfile.write_text(yaml.safe_dump({**base, **over}))
+        subprocess.run([sys.executable, "-m", "fslib.stages.pipeline", str(pfile), "--stages", "01_data"],
+                       check=True, cwd=ROOT)
+
+
 def run_variant(name: str, timeout: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false", **MALLOC}
-    proc = subprocess.run([sys.executable, __file__, "--variant", name], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=ROOT)
+    import shutil
+
+    ensure_data(name)
+    need = disk_need(name)
+    print(f"  disk: up to {need / 2**30:.1f} GiB under {WORKDIR} while it runs, deleted after", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false", **MALLOC,
+           "FIRSTSIGHT_PVM_WORKDIR": str(WORKDIR)}
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--variant", name], capture_output=True, text=True,
+                              env=env, timeout=timeout, cwd=ROOT)
+    finally:
+        shutil.rmtree(Path(WORKDIR) / name, ignore_errors=True)  # the checkpoints: measured, no longer needed
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         return {"name": name, "error_message": (proc.stderr or proc.stdout)[-2000:]}
-    return compare(json.loads(lines[-1][len("RESULT "):]))
+    return {**compare(json.loads(lines[-1][len("RESULT "):])), "disk_need_bytes": need}
 
 
 def real_job_plans() -> dict:
@@ -232,9 +296,14 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset to (re)run")
     ap.add_argument("--plans-only", action="store_true", help="only the real job's plans and the ms-swift check")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per variant")
+    ap.add_argument("--workdir", default=None, help="where the trainings write (default: a new temporary folder)")
     ap.add_argument("--repredict", action="store_true",
                     help="keep the stored measurements and recompute only the predictions (after a planner change)")
     args = ap.parse_args(argv)
+    import tempfile
+
+    global WORKDIR
+    WORKDIR = args.workdir or os.environ.get("FIRSTSIGHT_PVM_WORKDIR") or tempfile.mkdtemp(prefix="plan_vs_measured_")
     if args.variant:
         print("RESULT " + json.dumps(worker(args.variant)), flush=True)
         return 0

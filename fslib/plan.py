@@ -51,7 +51,9 @@ def plan_run(P: dict, *, gpu: str = "cpu", num_gpus: int | None = None, engine: 
     n = num_gpus if num_gpus is not None else P["num_processes"]
     eng = engine or weights.engine_of(P["accelerate_config"], n)
     dev = planner.device(gpu, memory_bytes=memory_bytes, tflops=tflops)
-    work = workload.from_params(P, stats=workload.read_stats(out), answer_tokens=answer_tokens, seq_len=seq_len)
+    student = planner.arch_of(P["student_model"], out / "embedded")  # the family's pixels per visual token
+    work = workload.from_params(P, stats=workload.read_stats(out), answer_tokens=answer_tokens, seq_len=seq_len,
+                                factor=student.patch * student.merge)
     plans = {label: planner.plan(planner.job_for(cfg, work, dev, engine=eng, processes=n, search=out / "embedded"))
              for label, cfg in trainings(P, out).items()}
     label = max(plans, key=lambda k: plans[k]["total_bytes"])

@@ -223,3 +223,44 @@ def test_02_loads_random_init_models_for_training(tmp_path):
     if importlib.util.find_spec("bitsandbytes"):
         quantized = models.load_model(str(folder), dtype="bfloat16", quantization="nf4", frozen=True)
         assert getattr(quantized, "is_quantized", False) and (folder / "weights-bfloat16" / "config.json").exists()
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl", "qwen3.5"])
+def test_other_families_activations_match_what_autograd_keeps(family):
+    """Full fine-tuning of a small model of each family: the activation model (q/k norms, Qwen3.5's gate, its
+    Gated-DeltaNet layer traced on the meta device, DeepStack features) against autograd's saved tensors."""
+    import transformers
+
+    from fslib.engine import adapters, families, familyconfig
+
+    p = dict(family=family, hidden=64, ffn=128, heads=4, kv_heads=2, head_dim=16, vocab=300, tie=False, layers=2,
+             vis_depth=1, vis_dim=32, vis_heads=2, vis_ffn=64, fullatt=(0,), deepstack=(0,), lin_k_heads=2,
+             lin_v_heads=4, lin_dim=16, layer_types=("linear_attention", "full_attention"))
+    ids = {"image_token_id": 290, "video_token_id": 291, "vision_start_token_id": 292, "vision_end_token_id": 293,
+           "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
+    cfg = familyconfig.build(p, ids)
+    torch.manual_seed(0)
+    model = adapters.prepare(getattr(transformers, families.get(family).model_class)(cfg), freeze_vision=True)
+    a = arch.from_config(cfg)
+    batch, seq_len = 2, 40
+    ids_t = torch.randint(2, 280, (batch, seq_len))
+    ids_t[:, 3], ids_t[:, 4:8], ids_t[:, 8] = 292, 290, 293
+    mask = torch.ones(batch, seq_len, dtype=torch.long)
+    mask[1, -5:] = 0
+    params = {q.untyped_storage().data_ptr() for q in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids_t, attention_mask=mask, pixel_values=torch.randn(batch * 16, act.pixel_values(a)),
+              image_grid_thw=torch.tensor([[1, 4, 4]] * batch), mm_token_type_ids=(ids_t == 290).long(),
+              logits_to_keep=1)
+    pred = act.student_activations(a, act.precision(4, "cpu", False), batch=batch, seq_len=seq_len,
+                                   patches=batch * 16, lora_r=None, checkpointing=False, trainable_vision=False)
+    kept = pred["forward"] - pred["inputs"]
+    assert kept == pytest.approx(sum(seen.values()), rel=0.03)

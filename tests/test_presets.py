@@ -118,23 +118,25 @@ def test_a_folder_written_with_another_tokenizer_is_rewritten(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_check_cpu_smoke_run(tmp_path):
-    """The GPU script's own code path, on CPU with the tiny preset: every section runs and writes its JSON."""
-    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--preset", "tiny",
-           "--out", str(tmp_path), "--image-size", "112", "--new-tokens", "3", "--warmup", "1", "--repeats", "2",
-           "--batch-sizes", "1", "2", "--int8-repeats", "1", "--train-steps", "1"]
+def test_gpu_check_dry_run_covers_every_family_on_cpu(tmp_path):
+    """The GPU script's own code path for all four families, on CPU with their tiny pairs: every section runs, writes
+    its JSON, and the planner predicts each KD step (no peak is measured on a CPU)."""
+    import time
+
+    t0 = time.perf_counter()
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    elapsed = time.perf_counter() - t0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert res.returncode == 0, report["errors"] or res.stderr[-2000:]
-    sections = report["sections"]
-    assert set(sections) == {"env", "student_bf16", "teacher_bf16", "student_train_step", "vision_memo",
-                             "teacher_int8"}
-    memo = sections["vision_memo"]
-    assert memo["tower_s"] > 0 and memo["memo_hit_s"] > 0  # one miss per image, then every repeat hits
-    assert memo["memo"]["misses"] == memo["batch"] and memo["memo"]["hits"] == 2 * memo["batch"]  # --repeats 2
-    assert sections["student_bf16"]["generated_tokens"] == [3]
-    assert sections["teacher_int8"]["weights_bytes"] < sections["teacher_bf16"]["weights_bytes"]
-    assert sections["student_train_step"]["peak_bytes"] > 0
+    families = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3.5")
+    assert set(report["sections"]) == {"env"} | {f"{f}/{s}" for f in families for s in ("setup", "kd_step", "decode")}
+    for f in families:
+        step, decode = report["sections"][f"{f}/kd_step"], report["sections"][f"{f}/decode"]
+        assert step["student_step_s"] > 0 and step["teacher_forward_s"] > 0 and step["predicted_bytes"] > 0
+        assert step["peak_bytes"] is None  # measured on a GPU only
+        assert decode["eager"]["decode_s_per_token"] > 0 and "static_compiled" not in decode  # compile: GPU only
+    assert elapsed < 300, f"the dry run took {elapsed:.0f} s (target: under 5 minutes)"
 
 
 def test_gpu_check_parses_its_arguments():
@@ -142,4 +144,26 @@ def test_gpu_check_parses_its_arguments():
     import gpu_check
 
     args = gpu_check.parse_args(["--out", "/tmp/x"])
-    assert args.device == "cuda" and args.preset == "real" and args.batch_sizes == [1, 4, 16]
+    assert args.device == "cuda" and args.presets == "real" and not args.no_compile
+    assert gpu_check.presets_of("qwen3.5", "real") == ("qwen3.5-9b", "qwen3.5-4b")
+    dry = gpu_check.parse_args(["--dry-run"])
+    assert dry.device == "cpu" and dry.presets == "tiny" and dry.no_compile
+    assert gpu_check.presets_of("qwen3-vl", dry.presets) == ("tiny-qwen3-vl-teacher", "tiny-qwen3-vl-student")
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl", "qwen3.5"])
+def test_each_family_shallow_preset_keeps_the_real_widths(family):
+    from fslib.engine import presets
+
+    for name, p in presets.REAL.items():
+        if p["family"] != family:
+            continue
+        real, shallow = randominit.config(name).to_dict(), randominit.config(f"{name}-shallow").to_dict()
+        for part in ("text_config", "vision_config"):
+            for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
+                        "head_dim", "out_hidden_size", "linear_num_value_heads"):
+                assert real[part].get(key) == shallow[part].get(key), (name, part, key)
+        assert (shallow["text_config"]["num_hidden_layers"], shallow["vision_config"]["depth"]) == (2, 2)
+        if family == "qwen3.5":
+            assert shallow["text_config"]["layer_types"] == ["linear_attention", "full_attention"]
+            assert real["text_config"]["layer_types"][:4] == ["linear_attention"] * 3 + ["full_attention"]

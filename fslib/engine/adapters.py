@@ -11,14 +11,16 @@ from pathlib import Path
 
 import torch
 
-# Qwen2-VL's language-model projections. The vision tower names its own differently (qkv, proj, fc1, fc2), so these
-# names adapt the language model only.
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from fslib.engine import families
+
+# The language-model projections LoRA adapts: the family's (``fslib.engine.families``: Qwen3.5 adds its Gated-DeltaNet
+# projections), matched under ``language_model`` only, since Qwen2.5-VL's vision MLP reuses gate/up/down_proj names.
+LORA_TARGETS = families.get("qwen2-vl").lora_targets
 _PEFT_PREFIX = "base_model.model."
 
 
 def vision_tower(model):
-    """The vision encoder (``model.model.visual`` in Qwen2-VL), through a PEFT wrapper if there is one."""
+    """The vision encoder (``model.model.visual`` in every Qwen-VL family), through a PEFT wrapper if there is one."""
     base = model.get_base_model() if is_peft(model) else model
     inner = getattr(base, "model", base)
     visual = getattr(inner, "visual", None)
@@ -32,9 +34,10 @@ def is_peft(model) -> bool:
 
 
 def prepare(model, *, lora: bool = False, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
-            lora_targets=LORA_TARGETS, freeze_vision: bool = False, gradient_checkpointing: bool = False):
-    """Return the model to train: LoRA adapters (PEFT) on ``lora_targets`` or all weights trainable; the vision tower
-    frozen if asked; gradient checkpointing (non-reentrant, so frozen inputs need no ``requires_grad`` hack)."""
+            lora_targets=None, freeze_vision: bool = False, gradient_checkpointing: bool = False):
+    """Return the model to train: LoRA adapters (PEFT) on ``lora_targets`` (default: the family's language-model
+    projections) or all weights trainable; the vision tower frozen if asked; gradient checkpointing (non-reentrant,
+    so frozen inputs need no ``requires_grad`` hack)."""
     model.train()
     if freeze_vision:
         vision_tower(model).requires_grad_(False)
@@ -43,8 +46,10 @@ def prepare(model, *, lora: bool = False, lora_r: int = 16, lora_alpha: int = 32
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                         target_modules=list(lora_targets), bias="none")
+        fam = families.of_model(model)
+        targets = fam.lora_target_regex() if lora_targets is None else list(lora_targets)
+        cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                         bias="none")
         model = get_peft_model(model, cfg)  # freezes every base weight; only the adapters train
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("nothing to train: every parameter is frozen")

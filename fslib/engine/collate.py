@@ -1,9 +1,12 @@
-"""Chat-template batches for Qwen2-VL: one processor shared by teacher and student.
+"""Chat-template batches for the Qwen-VL families: one processor shared by teacher and student.
 
-Images and video frames go through ``qwen_vl_utils.process_vision_info`` (the official Qwen2-VL recipe, which
-resizes to the pixel bounds given here) and then through the processor, whose *whole* output reaches the model:
-``input_ids``, ``attention_mask``, ``mm_token_type_ids``, ``pixel_values``/``image_grid_thw`` and
-``pixel_values_videos``/``video_grid_thw``.
+Images and video frames go through ``qwen_vl_utils.process_vision_info`` (the official Qwen recipe, which resizes to
+the pixel bounds given here, in multiples of the family's 28 or 32 pixels) and then through the processor, whose
+*whole* output reaches the model: ``input_ids``, ``attention_mask``, ``mm_token_type_ids``,
+``pixel_values``/``image_grid_thw``, ``pixel_values_videos``/``video_grid_thw`` (and Qwen2.5-VL's
+``second_per_grid_ts``). What differs per family (``fslib.engine.families``): ``image_patch_size``, Qwen3-VL's and
+Qwen3.5's video metadata (their prompts carry each temporal patch's timestamp, ``<0.2 seconds>``), Qwen2.5-VL's fps,
+and the assistant header that precedes an answer.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fslib.engine import families
 from fslib.engine.labels import IGNORE_INDEX
 
 
@@ -20,8 +24,13 @@ class ProcessorMismatchError(ValueError):
 
 
 def check_processors_agree(teacher_processor, student_processor) -> None:
-    """Distillation compares logits token by token, so both models must see identical ids and pixels."""
+    """Distillation compares logits token by token, so both models must see identical ids and pixels: a teacher and
+    student of different families (or processors) are refused before any work, naming what differs."""
     problems = []
+    t_fam, s_fam = _family_or_class(teacher_processor), _family_or_class(student_processor)
+    if t_fam != s_fam:
+        problems.append(f"model families differ: teacher {t_fam}, student {s_fam} (their tokenizers, patch sizes or "
+                        "prompts differ; distil within one family: Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5)")
     t_tok, s_tok = teacher_processor.tokenizer, student_processor.tokenizer
     if t_tok.get_vocab() != s_tok.get_vocab():
         diff = set(t_tok.get_vocab().items()) ^ set(s_tok.get_vocab().items())
@@ -40,6 +49,13 @@ def check_processors_agree(teacher_processor, student_processor) -> None:
         raise ProcessorMismatchError("teacher and student processors disagree: " + "; ".join(problems))
 
 
+def _family_or_class(processor) -> str:
+    try:
+        return families.of_processor(processor).name
+    except ValueError:
+        return type(processor).__name__
+
+
 def build_messages(record: dict, pixels: dict, *, with_answer: bool) -> list[dict]:
     """Qwen2-VL chat messages for one record; ``pixels`` holds the image/video bounds from params."""
     if record.get("media") == "video" and record.get("video"):
@@ -56,22 +72,28 @@ def build_messages(record: dict, pixels: dict, *, with_answer: bool) -> list[dic
     return messages
 
 
-def answer_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer) -> torch.Tensor:
+def answer_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer,
+                  assistant_header: str = "assistant\n") -> torch.Tensor:
     """Labels that keep only the last assistant turn's answer tokens and its closing ``<|im_end|>``.
 
-    Everything else (system prompt, question, image/video pads, the ``assistant\\n`` header, the newline after
+    Everything else (system prompt, question, image/video pads, the family's assistant header after
+    ``<|im_start|>``, e.g. ``assistant\\n``, or Qwen3.5's ``assistant\\n<think>\\n\\n</think>\\n\\n``, the newline after
     ``<|im_end|>`` and padding) is set to -100, so neither CE nor KD is computed there.
     """
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    header = len(tokenizer("assistant\n", add_special_tokens=False)["input_ids"])
+    # The family's header, or the plain one where a checkpoint's own template renders no reasoning block here.
+    headers = [tokenizer(h, add_special_tokens=False)["input_ids"] for h in dict.fromkeys([assistant_header,
+                                                                                          "assistant\n"])]
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     for row in range(input_ids.shape[0]):
         ids = input_ids[row].tolist()
         starts = [i for i, t in enumerate(ids) if t == im_start and attention_mask[row, i]]
         if not starts:
             raise ValueError("no <|im_start|> in a training sample: was the chat template applied?")
-        first = starts[-1] + 1 + header
+        at = starts[-1] + 1
+        header = next((h for h in headers if ids[at:at + len(h)] == h), headers[-1])
+        first = at + len(header)
         ends = [i for i in range(first, len(ids)) if ids[i] == im_end]
         if not ends:
             raise ValueError("answer has no closing <|im_end|>: the sample was truncated; raise max_length")
@@ -91,19 +113,20 @@ class VQACollator:
     blind: bool = False  # the evaluation's blind control: images and frames replaced by uniform grey
     stats: list = field(default_factory=list)
 
-    def __call__(self, records: list[dict]) -> dict:
-        from qwen_vl_utils import process_vision_info
+    @property
+    def family(self) -> families.Family:
+        return families.of_processor(self.processor)
 
+    def __call__(self, records: list[dict]) -> dict:
         if self.blind:
             records = [blank_media(r) for r in records]
         messages = [build_messages(r, self.pixels, with_answer=self.train) for r in records]
         texts = [self.processor.apply_chat_template(m, tokenize=False, add_generation_prompt=not self.train)
                  for m in messages]
-        images, videos = process_vision_info(messages)
+        fam = self.family
+        images, videos, extra = vision_inputs(messages, fam)
         tok = self.processor.tokenizer
         tok.padding_side = "right" if self.train else "left"
-        # Frames were already chosen and resized by process_vision_info: the video processor must not resample.
-        extra = {"do_sample_frames": False, "cap_pixels_per_frame": True} if videos else {}
         inputs = self.processor(text=texts, images=images, videos=videos, padding=True, return_tensors="pt", **extra)
         if inputs["input_ids"].shape[1] > self.max_length:
             lengths = inputs["attention_mask"].sum(1).tolist()
@@ -115,8 +138,28 @@ class VQACollator:
         batch = {"inputs": inputs, "ids": [r.get("id") for r in records], "visual_tokens": visual,
                  "text_tokens": inputs["attention_mask"].sum(1) - visual}
         if self.train:
-            batch["labels"] = answer_labels(inputs["input_ids"], inputs["attention_mask"], tok)
+            batch["labels"] = answer_labels(inputs["input_ids"], inputs["attention_mask"], tok, fam.assistant_header)
         return batch
+
+
+def vision_inputs(messages: list, fam: families.Family) -> tuple[list | None, list | None, dict]:
+    """``process_vision_info`` with the family's patch size: (images, videos, the processor's video arguments).
+    Frames were already chosen and resized there, so the video processor must neither resample nor resize them."""
+    from qwen_vl_utils import process_vision_info
+
+    images, videos, kwargs = process_vision_info(messages, **fam.vision_info_kwargs())
+    if not videos:
+        return images, videos, {}
+    if fam.video_metadata:  # Qwen3-VL / Qwen3.5: (frames, metadata) pairs; the timestamps come from the metadata
+        videos, metadata = (list(x) for x in zip(*videos))
+        return images, videos, {"video_metadata": metadata, "do_sample_frames": False, "do_resize": False,
+                                "cap_pixels_per_frame": True}
+    extra = {"do_sample_frames": False, "cap_pixels_per_frame": True}
+    if fam.video_fps:  # Qwen2.5-VL: second_per_grid_ts = temporal patch / sampled fps (one rate per call)
+        if len(set(kwargs["fps"])) != 1:
+            raise ValueError(f"clips of one batch were sampled at different rates {kwargs['fps']}")
+        extra["fps"] = kwargs["fps"][0]
+    return images, videos, extra
 
 
 BLANK_GREY = (128, 128, 128)  # the blind control's uniform grey

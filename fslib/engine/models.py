@@ -1,4 +1,5 @@
-"""Model and processor loading, as for ``Qwen/Qwen2-VL-7B-Instruct``: the Auto classes and ``from_pretrained``.
+"""Model and processor loading, as for ``Qwen/Qwen2-VL-7B-Instruct`` or any family of ``fslib.engine.families``: the
+Auto classes and ``from_pretrained``.
 
 Every stage loads every model through here, the embedded tiny pair included (``fslib.world.embedded`` only decides
 where its folder comes from), so the embedded default takes the code paths of the real checkpoints.
@@ -30,7 +31,8 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype):
 
 def load_model(path: str, *, dtype: str = "float32", quantization: str = "none", device_map: str | None = None,
                trust_remote_code: bool = False, frozen: bool = False):
-    """Load any Qwen2-VL checkpoint (hub id or folder) with ``AutoModelForImageTextToText``; safetensors only.
+    """Load any Qwen-VL checkpoint of a known family (hub id or folder) with ``AutoModelForImageTextToText``;
+    safetensors only.
 
     ``frozen=True`` is how the teacher is loaded: eval mode, no gradients, so no optimizer state is ever built.
     """
@@ -63,8 +65,8 @@ def load_processor(path: str, *, trust_remote_code: bool = False):
 
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     if not hasattr(processor, "image_processor"):
-        raise RuntimeError(f"AutoProcessor for {path} returned {type(processor).__name__}, not a Qwen2-VL processor; "
-                           "is torchvision installed (needed by Qwen2VLVideoProcessor)?")
+        raise RuntimeError(f"AutoProcessor for {path} returned {type(processor).__name__}, not a Qwen-VL processor; "
+                           "is torchvision installed (needed by the Qwen video processors)?")
     return processor
 
 

@@ -84,6 +84,22 @@ def _dataset_ids(metrics: dict) -> list[str]:
     return [d.get("id") or d.get("name", "FirstSight egocentric VQA")]
 
 
+def family_tag(trained: dict, model_key: str) -> str:
+    """The published model's family as a Hub tag (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``, ``qwen3.5``), read from
+    its checkpoint's config.json (``fslib.engine.families``); the student's starting weights' where the key is a
+    quantised variant's, and ``qwen-vl`` where neither is readable."""
+    from fslib.engine import families
+
+    models = trained.get("models", {})
+    for key in (model_key, "student", "base_student"):
+        config = Path(str(models.get(key, {}).get("path", ""))) / "config.json"
+        if config.is_file():
+            fam = families.FAMILIES.get(json.loads(config.read_text()).get("model_type"))
+            if fam is not None:
+                return fam.name
+    return "qwen-vl"
+
+
 def build_card(metrics: dict, trained: dict, *, model_key: str, model_name: str, repo_id: str = "",
                license: str = "apache-2.0", quantized_from: str = ""):
     """A ``ModelCard`` for ``metrics["models"][model_key]``, its siblings shown for comparison.
@@ -106,7 +122,8 @@ def build_card(metrics: dict, trained: dict, *, model_key: str, model_name: str,
         base = None if embedded else trained.get("student_model")
     data = ModelCardData(
         language="en", license=license, library_name="transformers", pipeline_tag="image-text-to-text",
-        tags=(["knowledge-distillation"] if told["distilled"] else []) + ["qwen2-vl", "egocentric", "firstsight"]
+        tags=(["knowledge-distillation"] if told["distilled"] else []) + [family_tag(trained, model_key), "egocentric",
+                                                                          "firstsight"]
         + (["bitsandbytes"] if quantized_from else []),
         base_model=base, base_model_relation=("quantized" if quantized_from else "finetune") if base else None,
         datasets=_dataset_ids(metrics), model_name=model_name, eval_results=eval_results(metrics, model_key))

@@ -19,6 +19,9 @@
 - ``user_data``, ``user_data_teacher16``, ``user_data_profile``: a user's dataset through the four stages
   (``benchmarks/user_data.py``; ``fslib.reporting.userblock``), with the default params, with 16 teacher epochs, and
   at the size of a user's run (400 labelled + 2,000 unlabelled) for 02's time.
+- ``families``: "Other Qwen-VL pairs": the planner on each new family's params file per GPU, read from
+  ``benchmarks/results/family_plans.json`` (``benchmarks/family_plans.py``), and the family variants of
+  ``plan_vs_measured.json`` (``fslib.reporting.familyblock``).
 - ``cache_tail``: the KD student against the live teacher and the two tail handlings of the top-k cache, read from
   ``benchmarks/results/cache_tail.json`` (``benchmarks/cache_tail.py`` writes it).
 """
@@ -33,7 +36,7 @@ from pathlib import Path
 
 from fslib.core import config, fsio
 from fslib.evaluation import formatting
-from fslib.reporting import planblock
+from fslib.reporting import familyblock, planblock
 from fslib.reporting.userblock import user_data_block
 
 README = fsio.REPO_ROOT / "README.md"
@@ -260,11 +263,12 @@ def update(readme: str | Path = README, metrics_path: str | Path = TINY_METRICS)
                               ("user_data", USER_DATA, user_data_block),
                               ("user_data_teacher16", USER_DATA_TEACHER16, user_data_block),
                               ("user_data_profile", USER_DATA_PROFILE, user_data_block), ("lm_probe", LM_PROBE, lm_probe_block),
-                              ("plan", planblock.PLAN_VS_MEASURED, planblock.plan_block)):
+                              ("plan", planblock.PLAN_VS_MEASURED, planblock.plan_block),
+                              ("families", familyblock.FAMILY_PLANS, familyblock.family_block)):
         if path.exists() and _block(name).search(new):
             new = replace_block(new, name, block(path))
     blocks = ("params", "headline", "embedded", "kd_vs_sft", "vision_probe", "cache_tail", "user_data",
-              "user_data_teacher16", "user_data_profile", "lm_probe", "plan")
+              "user_data_teacher16", "user_data_profile", "lm_probe", "plan", "families")
     changed = [n for n in blocks if current_block(text, n) != current_block(new, n)]
     if new != text:
         readme.write_text(new)

@@ -19,7 +19,7 @@ from fslib.training.plan.memory import COMPONENTS, Device, Job, host_bytes, phas
 from fslib.training.plan.timing import timing
 from fslib.training.plan.workload import Workload
 
-__all__ = ["Device", "Job", "Workload", "COMPONENTS", "device", "job_for", "plan", "summary"]
+__all__ = ["Device", "Job", "Workload", "COMPONENTS", "arch_of", "device", "job_for", "plan", "summary"]
 
 
 def device(name: str = "cpu", *, memory_bytes: int | None = None, tflops: float | None = None) -> Device:

@@ -13,16 +13,34 @@ decoder layer, LoRA: norms keep only their input (frozen weights need no normali
   float noise tensor; GPU: bool), the dropout output (or its bf16 cast) and lora_A's output (r).
 gradient checkpointing: each layer keeps only its input (h); backward recomputes one layer at a time.
 A frozen vision tower runs without a graph (nothing kept); a trainable one keeps ~16 x embed_dim per patch per block.
+
+Other families (``fslib.engine.families``), on top of this:
+* Qwen3-VL and Qwen3.5 normalise q and k per head (q_norm, k_norm): their inputs, normalised copies and rsqrt are kept;
+  Qwen3.5's q_proj also yields a gate (its output is twice as wide) and the gated output keeps sigmoid(gate) and the
+  product.
+* Qwen3.5's Gated-DeltaNet layers (``linear_layers``): what the token mixer keeps is read off the transformers code
+  itself, by running one ``Qwen3_5GatedDeltaNet`` of the real widths on the ``meta`` device under
+  ``saved_tensors_hooks`` for the micro-batch's shape (no memory, no weights; ``linear_attention_bytes``): its
+  projections' outputs, the causal convolution, and the chunked delta rule's per-chunk tensors, among them a copy of
+  the recurrent state (value heads x key dim x value dim, float32) per chunk of 64 tokens. The layer's norms and MLP
+  are counted as above.
+* Qwen3-VL's DeepStack features (one merged-token tensor per DeepStack layer) live from the tower to the first LLM
+  layers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 from fslib.training.plan.arch import Arch
 
-PIXEL_VALUES = 3 * 2 * 14 * 14  # floats per patch in pixel_values (channels x temporal x 14 x 14)
+PIXEL_VALUES = 3 * 2 * 14 * 14  # floats per patch in pixel_values (channels x temporal x 14 x 14; 16 x 16: Qwen3)
+
+
+def pixel_values(a: Arch) -> int:
+    return 3 * 2 * a.patch * a.patch
 
 
 @dataclass(frozen=True)
@@ -42,16 +60,73 @@ def precision(weight_bytes: int, device: str, autocast: bool) -> Precision:
                      cast_inputs=gpu and autocast and weight_bytes != 2)
 
 
+def _qk_norm(a: Arch, p: Precision) -> int:
+    """Qwen3-VL / Qwen3.5 per-head q and k RMSNorms: inputs (Qwen3.5's q_proj output with its gate: twice as wide),
+    normalised copies and rsqrt; Qwen3.5's output gate keeps sigmoid(gate) and the gated output."""
+    if a.family not in ("qwen3-vl", "qwen3.5"):
+        return 0
+    q = a.heads * a.head_dim
+    gate = 2 * q * p.compute if a.gated_attention else 0
+    return p.compute * ((2 if a.gated_attention else 1) * q + a.kv_dim + q + a.kv_dim) + 4 * (a.heads + a.kv_heads) \
+        + gate
+
+
 def layer_bytes_per_token(a: Arch, p: Precision, *, lora_r: int | None, padded: bool) -> int:
-    """Bytes a decoder layer keeps for backward per token (without the per-layer padding mask, see ``mask_bytes``)."""
+    """Bytes a (full-attention) decoder layer keeps for backward per token (without the per-layer padding mask, see
+    ``mask_bytes``)."""
     h, f, kv = a.hidden, a.ffn, a.kv_dim
-    attention = p.compute * (2 * h + 2 * kv + (2 * (h - kv) if padded else 0)) + 4 * a.heads
+    attention = p.compute * (2 * h + 2 * kv + (2 * (h - kv) if padded else 0)) + 4 * a.heads + _qk_norm(a, p)
     if lora_r is None:
         inputs = (5 if p.cast_inputs else 2) * h
         return p.stream * 4 * h + 8 + p.compute * (inputs + 4 * f) + attention
     fan_in, n = a.lora_inputs_per_layer()
     adapters = (p.mask + p.compute) * fan_in + p.compute * lora_r * n
     return p.stream * 2 * h + 8 + p.compute * 3 * f + attention + adapters
+
+
+def linear_layer_bytes(a: Arch, p: Precision, *, batch: int, seq_len: int, lora_r: int | None, padded: bool) -> int:
+    """Bytes a Gated-DeltaNet layer (Qwen3.5) keeps for backward over the micro-batch: its norms and MLP as a full
+    layer's, its token mixer traced (``linear_attention_bytes``), and LoRA's adapters on its projections."""
+    h, f, tokens = a.hidden, a.ffn, batch * seq_len
+    mixer = linear_attention_bytes(a.text_json, batch, seq_len, p.compute, lora_r is None, padded)
+    if lora_r is None:
+        return tokens * (p.stream * 4 * h + 8 + p.compute * ((4 if p.cast_inputs else 1) * h + 4 * f)) + mixer
+    fan_in, n = a.lora_inputs_per_layer()
+    adapters = (p.mask + p.compute) * fan_in + p.compute * lora_r * n
+    return tokens * (p.stream * 2 * h + 8 + p.compute * 3 * f + adapters) + mixer
+
+
+@functools.lru_cache(maxsize=64)
+def linear_attention_bytes(text_json: str, batch: int, seq_len: int, dtype_bytes: int, trained: bool,
+                           padded: bool) -> int:
+    """What one ``Qwen3_5GatedDeltaNet`` keeps for backward on a (batch, seq_len) micro-batch: its forward run on the
+    ``meta`` device under ``saved_tensors_hooks`` (the torch fallback path that runs on a CPU, which is also what a GPU
+    runs without flash-linear-attention), every saved tensor's storage counted once, its weights excluded."""
+    import json
+
+    import torch
+    from transformers import Qwen3_5TextConfig
+    from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
+
+    cfg = Qwen3_5TextConfig(**{k: v for k, v in json.loads(text_json).items() if k != "model_type"})
+    dtype = {4: torch.float32, 2: torch.bfloat16}[dtype_bytes]
+    with torch.device("meta"):
+        mixer = Qwen3_5GatedDeltaNet(cfg, 0).to(dtype)
+    mixer.requires_grad_(trained)
+    weights = {id(w) for w in mixer.parameters()}
+    kept: dict[int, torch.Tensor] = {}
+
+    def pack(t):
+        root = t._base if t._base is not None else t
+        if id(root) not in weights:
+            kept.setdefault(id(root), root)
+        return t
+
+    x = torch.empty(batch, seq_len, cfg.hidden_size, device="meta", dtype=dtype, requires_grad=True)
+    mask = torch.ones(batch, seq_len, dtype=torch.long, device="meta") if padded else None
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        mixer(x, attention_mask=mask)
+    return sum(t.numel() * t.element_size() for t in kept.values())
 
 
 def mask_bytes(batch: int, seq_len: int, p: Precision, padded: bool) -> int:
@@ -86,28 +161,34 @@ def student_activations(a: Arch, p: Precision, *, batch: int, seq_len: int, patc
     at the end of the forward) and ``"backward"`` (during a layer's backward)."""
     tokens, padded = batch * seq_len, batch > 1
     layer = layer_bytes_per_token(a, p, lora_r=lora_r, padded=padded) * tokens + mask_bytes(batch, seq_len, p, padded)
+    linear = linear_layer_bytes(a, p, batch=batch, seq_len=seq_len, lora_r=lora_r, padded=padded) \
+        if a.linear_layers else 0
     first = 0
     if lora_r is not None and not checkpointing:  # layer 0's input needs no gradient: its norm and masks keep less
         first = tokens * (p.stream * a.hidden + 4 + p.mask * 3 * a.hidden)
+    all_layers = a.full_layers * layer + a.linear_layers * linear
     parts = {
-        "layers": a.layers * tokens * a.hidden * p.stream if checkpointing else a.layers * layer - first,
+        "layers": a.layers * tokens * a.hidden * p.stream if checkpointing else all_layers - first,
         "rope": 2 * tokens * a.head_dim * 4,  # cos and sin (float32), shared by every layer
         # the final norm's input (and, trained, its normalised copy and output, which the lm_head keeps a view of)
         "final_norm": tokens * (p.stream * (3 * a.hidden if lora_r is None else a.hidden) + 4),
         # token ids (a trained embedding) and masked_scatter's (B, L, 1) bool mask (whenever embeddings need grad)
         "embedding": tokens * (9 if lora_r is None else 1 if checkpointing else 0),
-        "inputs": patches * PIXEL_VALUES * 4 + tokens * 8 * 3,  # pixel_values (float32), ids, attention mask, labels
+        "inputs": patches * pixel_values(a) * 4 + tokens * 8 * 3,  # pixel_values (float32), ids, attention mask, labels
     }
     # the tower's stream is its patch convolution's output: bf16 under a GPU's autocast, unlike the text embedding's
     tower = dataclasses.replace(p, stream=p.compute)
     vision = vision_bytes(a, patches, patches // (a.merge * a.merge), tower, trainable=trainable_vision,
                           checkpointing=checkpointing)
     parts["vision"], parts["vision_rope"] = vision["kept"], vision["rope"]
+    # Qwen3-VL: each DeepStack layer's merged tokens, from the tower until the LLM layer that adds them
+    parts["deepstack"] = a.deepstack * (patches // (a.merge * a.merge)) * a.hidden * p.compute
     parts["forward"] = sum(parts.values())
     # During a layer's backward: the gradients of its MLP intermediates and of the stream, and (checkpointing) the
     # layer's (or a vision block's) recomputed activations.
     working = tokens * (2 * a.ffn * p.compute + 2 * a.hidden * p.stream)
-    parts["backward"] = parts["forward"] + max(working + (layer if checkpointing else 0), vision["recompute"])
+    parts["backward"] = parts["forward"] + max(working + (max(layer, linear) if checkpointing else 0),
+                                               vision["recompute"])
     return parts
 
 

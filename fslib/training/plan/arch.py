@@ -3,9 +3,15 @@ the model built on the ``meta`` device (no memory, no weights), so counts are ``
 tree rather than formulas.
 
 A name resolves as the stages resolve it: ``random-init:<preset>`` from ``fslib.engine.randominit``'s presets, the
-public Qwen2-VL-2B / -7B hub ids from the same presets (their dimensions are the released ``config.json``'s), a
-folder from its ``config.json``; ``embedded:<preset>`` from the folder 01/02 built for it under ``search`` (the run's
-``embedded/``).
+public hub ids of every family (``fslib.engine.families``: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5) from the same
+presets (their dimensions are the released ``config.json``'s), a folder from its ``config.json``;
+``embedded:<preset>`` from the folder 01/02 built for it under ``search`` (the run's ``embedded/``).
+
+What differs between families is read off the config and the module tree, never assumed: the vision tower's width and
+MLP (Qwen2-VL's ``embed_dim`` x ``mlp_ratio``, the others' ``hidden_size`` / ``intermediate_size``), an explicit
+``head_dim`` (Qwen3-VL, Qwen3.5), Qwen3-VL's DeepStack mergers (parameters of the tower; their features are added to
+the first LLM layers), Qwen3.5's ``layer_types`` (Gated-DeltaNet layers beside full attention, with their head
+counts and widths) and its gated full attention (``q_proj`` twice as wide), the family's LoRA targets.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-# Hub ids whose config.json the real presets reproduce (see /work/shared/reference/qwen2-vl-architectures.md).
-HUB_PRESETS = {"Qwen/Qwen2-VL-2B-Instruct": "qwen2-vl-2b", "Qwen/Qwen2-VL-2B": "qwen2-vl-2b",
-               "Qwen/Qwen2-VL-7B-Instruct": "qwen2-vl-7b", "Qwen/Qwen2-VL-7B": "qwen2-vl-7b"}
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # = adapters'
+from fslib.engine import families
+
+# Hub ids whose config.json the real presets reproduce (qwen2-vl-architectures.md, qwen-vl-families.md).
+HUB_PRESETS = {hub: preset for fam in families.FAMILIES.values() for hub, preset in fam.hub.items()}
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class Linear:
 
 @dataclass(frozen=True)
 class Arch:
-    """Counts and shapes of one Qwen2-VL-style model (``sum(p.numel())`` of its meta-device module tree)."""
+    """Counts and shapes of one Qwen-VL model (``sum(p.numel())`` of its meta-device module tree)."""
 
     name: str
     params: int  # every parameter, a tied head counted once
@@ -59,10 +65,28 @@ class Arch:
     vis_ffn: int
     merge: int  # spatial merge (2: four patches per visual token)
     merger_hidden: int
+    family: str = "qwen2-vl"
+    patch: int = 14  # pixels per patch side
+    deepstack: int = 0  # Qwen3-VL: vision layers whose merged features are added to LLM layers 0, 1, ...
+    linear_layers: int = 0  # Qwen3.5: Gated-DeltaNet layers (the rest are full attention)
+    lin_k_heads: int = 0
+    lin_v_heads: int = 0
+    lin_dim: int = 0  # key and value head width of the linear attention
+    gated_attention: bool = False  # Qwen3.5: q_proj also yields a sigmoid gate on the attention output
+    text_json: str = ""  # Qwen3.5: the text config, from which its Gated-DeltaNet's activations are traced
 
     @property
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
+
+    @property
+    def full_layers(self) -> int:
+        """Decoder layers with softmax attention (all but Qwen3.5's Gated-DeltaNet ones)."""
+        return self.layers - self.linear_layers
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        return families.get(self.family).lora_targets
 
     @property
     def params_language(self) -> int:
@@ -73,19 +97,24 @@ class Arch:
 
     @property
     def layer_linears(self) -> tuple[Linear, ...]:
-        """The linear layers of one decoder layer (all layers are alike)."""
-        prefix = next(lin.name for lin in self.linears_of("text")).rsplit(".", 2)[0]
-        return tuple(lin for lin in self.linears_of("text") if lin.name.startswith(prefix + "."))
+        """The linear layers of the largest decoder layer (Qwen3.5's layers differ by kind; the others are alike)."""
+        layers: dict[str, list] = {}
+        for lin in self.linears_of("text"):
+            layers.setdefault(lin.name.split(".layers.", 1)[-1].split(".", 1)[0], []).append(lin)
+        return tuple(max(layers.values(), key=lambda ls: sum(lin.params for lin in ls)))
+
+    def _targets(self) -> list[Linear]:
+        return [lin for lin in self.linears_of("text") if lin.name.rsplit(".", 1)[-1] in self.lora_targets]
 
     def lora_params(self, r: int) -> int:
-        """Parameters of rank-``r`` adapters on every decoder layer's projections (``adapters.LORA_TARGETS``)."""
-        return sum(r * (lin.fan_in + lin.fan_out) for lin in self.linears_of("text")
-                   if lin.name.rsplit(".", 1)[-1] in LORA_TARGETS)
+        """Parameters of rank-``r`` adapters on every decoder layer's projections (the family's LoRA targets)."""
+        return sum(r * (lin.fan_in + lin.fan_out) for lin in self._targets())
 
-    def lora_inputs_per_layer(self) -> tuple[int, int]:
-        """(sum of the adapted projections' input widths, how many there are) in one decoder layer."""
-        targets = [lin for lin in self.layer_linears if lin.name.rsplit(".", 1)[-1] in LORA_TARGETS]
-        return sum(lin.fan_in for lin in targets), len(targets)
+    def lora_inputs_per_layer(self) -> tuple[float, float]:
+        """(sum of the adapted projections' input widths, how many there are) per decoder layer, averaged over the
+        layers (Qwen3.5's linear-attention and full-attention layers adapt different projections)."""
+        targets = self._targets()
+        return sum(lin.fan_in for lin in targets) / self.layers, len(targets) / self.layers
 
 
 def config_of(name: str, search: str | Path | None = None):
@@ -95,9 +124,10 @@ def config_of(name: str, search: str | Path | None = None):
     name = str(name)
     if randominit.is_random_init(name) or name in HUB_PRESETS:
         preset = randominit.preset_of(name) if randominit.is_random_init(name) else HUB_PRESETS[name]
-        vocab = randominit.PRESETS[preset]["vocab"]
-        ids = None if vocab > max(randominit.REAL_TOKEN_IDS.values()) else {
-            k: i for i, k in enumerate(randominit.REAL_TOKEN_IDS)}  # a tiny vocabulary: any small ids do
+        p = randominit.PRESETS[preset]
+        real = randominit.real_token_ids(p["family"])
+        ids = None if p["vocab"] > max(real.values()) else {
+            k: i for i, k in enumerate(real)}  # a tiny vocabulary: any small ids do
         return randominit.config(preset, ids)
     folder = Path(name)
     if name.startswith("embedded:") and search is not None:
@@ -143,13 +173,24 @@ def _from_config_json(name: str, config_json: str) -> Arch:
     visual = model.model.visual
     vision = sum(p.numel() for p in visual.parameters())
     heads = text.num_attention_heads
+    fam = families.of_config(cfg)
+    vis_dim = getattr(vis, "embed_dim", None) or vis.hidden_size  # Qwen2-VL names the tower's width embed_dim
+    vis_ffn = int(vis_dim * vis.mlp_ratio) if hasattr(vis, "mlp_ratio") else vis.intermediate_size
+    kinds = list(getattr(text, "layer_types", None) or [])
     return Arch(name=name, params=total, params_vision=vision, params_embedding=embedding, params_head=head,
                 params_layers=total - vision - embedding - head, linears=tuple(linears), other_params=other,
                 hidden=text.hidden_size, ffn=text.intermediate_size, layers=text.num_hidden_layers, heads=heads,
-                kv_heads=text.num_key_value_heads, head_dim=text.hidden_size // heads, vocab=text.vocab_size,
-                tied=tied, vis_dim=vis.embed_dim, vis_depth=vis.depth, vis_heads=vis.num_heads,
-                vis_ffn=int(vis.embed_dim * vis.mlp_ratio), merge=vis.spatial_merge_size,
-                merger_hidden=vis.embed_dim * vis.spatial_merge_size ** 2)
+                kv_heads=text.num_key_value_heads, head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+                vocab=text.vocab_size, tied=tied, vis_dim=vis_dim, vis_depth=vis.depth, vis_heads=vis.num_heads,
+                vis_ffn=vis_ffn, merge=vis.spatial_merge_size, merger_hidden=vis_dim * vis.spatial_merge_size ** 2,
+                family=fam.name, patch=vis.patch_size,
+                deepstack=len(getattr(vis, "deepstack_visual_indexes", None) or ()),
+                linear_layers=kinds.count("linear_attention"),
+                lin_k_heads=getattr(text, "linear_num_key_heads", 0) if fam.linear_attention else 0,
+                lin_v_heads=getattr(text, "linear_num_value_heads", 0) if fam.linear_attention else 0,
+                lin_dim=getattr(text, "linear_key_head_dim", 0) if fam.linear_attention else 0,
+                gated_attention=fam.linear_attention,
+                text_json=text.to_json_string(use_diff=False) if fam.linear_attention else "")
 
 
 def arch_of(name: str, search: str | Path | None = None) -> Arch:

@@ -86,16 +86,17 @@ def _autocast_copies(job: Job) -> int:
 
 def _memo(job: Job) -> int:
     """The vision memo's CPU memory (``fslib.engine.visionmemo``): merged visual tokens of every train and
-    validation item, up to ``vision_memo_gb`` per model; the student's only where its tower is frozen and unsharded."""
+    validation item (Qwen3-VL: and each DeepStack layer's), up to ``vision_memo_gb`` per model; the student's only
+    where its tower is frozen and unsharded."""
     m, w, limit = job.cfg.model, job.work, int(job.cfg.runtime.vision_memo_gb * 2**30)
     feature = 2 if job.device.kind == "cuda" else None
     total = 0
     if (m.freeze_vision or m.lora) and job.engine not in ("fsdp", "zero3"):
         total += min(limit, int(w.memo_samples * w.mean_visual_tokens * job.student.hidden
-                                * (feature or wt.DTYPE_BYTES[m.dtype])))
+                                * (1 + job.student.deepstack) * (feature or wt.DTYPE_BYTES[m.dtype])))
     if job.teacher is not None:
         total += min(limit, int(w.memo_samples * w.mean_visual_tokens * job.teacher.hidden
-                                * (feature or teacher_compute_bytes(job))))
+                                * (1 + job.teacher.deepstack) * (feature or teacher_compute_bytes(job))))
     return total
 
 

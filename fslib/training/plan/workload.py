@@ -1,5 +1,6 @@
 """What one micro-batch holds, from the run's parameters: visual tokens and vision-tower patches of its images and
-clips (Qwen2-VL's resize rule, as ``qwen_vl_utils`` applies it through ``fslib.engine.collate``), text tokens, answer
+clips (the Qwen resize rule, as ``qwen_vl_utils`` applies it through ``fslib.engine.collate``, with the family's
+factor: 28 pixels per visual token side for Qwen2-VL and Qwen2.5-VL, 32 for Qwen3-VL and Qwen3.5), text tokens, answer
 tokens, and so the sequence length of the longest sample (capped by ``max_length``, beyond which the collator
 refuses a sample).
 
@@ -14,37 +15,39 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PATCH, MERGE, TEMPORAL = 14, 2, 2  # Qwen2-VL: 14-px patches, 2x2 merge, 2 frames per temporal patch
-FACTOR = PATCH * MERGE  # 28 px per visual token side
-VIDEO_FRAME_MAX_PIXELS = 768 * FACTOR * FACTOR  # qwen_vl_utils.vision_process's cap on a clip frame
+FACTOR = PATCH * MERGE  # 28 px per visual token side (Qwen3-VL, Qwen3.5: 32, ``factor`` below)
+VIDEO_FRAME_MAX_TOKENS = 768  # qwen_vl_utils.vision_process's cap on a clip frame, in visual tokens
+VIDEO_FRAME_MAX_PIXELS = VIDEO_FRAME_MAX_TOKENS * FACTOR * FACTOR
 TEXT_TOKENS = 64  # assumed: system prompt, template, question and answer (the synthetic world's are below 50)
 ANSWER_TOKENS = 8  # assumed answer tokens per sample, <|im_end|> included (the synthetic world's are 2 to 4)
 
 
-def resize(height: int, width: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """``qwen_vl_utils.smart_resize`` with Qwen2-VL's factor of 28."""
-    h, w = max(FACTOR, round(height / FACTOR) * FACTOR), max(FACTOR, round(width / FACTOR) * FACTOR)
+def resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = FACTOR) -> tuple[int, int]:
+    """``qwen_vl_utils.smart_resize`` with the family's factor (28 by default)."""
+    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
     if h * w > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
-        h, w = math.floor(height / beta / FACTOR) * FACTOR, math.floor(width / beta / FACTOR) * FACTOR
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
     elif h * w < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
-        h, w = math.ceil(height * beta / FACTOR) * FACTOR, math.ceil(width * beta / FACTOR) * FACTOR
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
     return h, w
 
 
-def image_tokens(side: int, p: dict) -> int:
-    h, w = resize(side, side, p["image_min_pixels"], p["image_max_pixels"])
-    return (h // FACTOR) * (w // FACTOR)
+def image_tokens(side: int, p: dict, factor: int = FACTOR) -> int:
+    h, w = resize(side, side, p["image_min_pixels"], p["image_max_pixels"], factor)
+    return (h // factor) * (w // factor)
 
 
-def video_tokens(side: int, frames: int, p: dict) -> int:
+def video_tokens(side: int, frames: int, p: dict, factor: int = FACTOR) -> int:
     """A clip of ``frames`` square frames: each frame resized with the clip bounds, then the whole clip again with
     the per-frame share of ``video_total_pixels`` (as ``qwen_vl_utils.fetch_video`` does for a list of frames)."""
     n = math.ceil(frames / TEMPORAL) * TEMPORAL
-    h, w = resize(side, side, p["video_min_pixels"], p["video_max_pixels"])
-    cap = max(min(VIDEO_FRAME_MAX_PIXELS, p["video_total_pixels"] / n * TEMPORAL), int(p["video_min_pixels"] * 1.05))
-    h, w = resize(h, w, p["video_min_pixels"], min(p["video_max_pixels"], cap))
-    return n // TEMPORAL * (h // FACTOR) * (w // FACTOR)
+    h, w = resize(side, side, p["video_min_pixels"], p["video_max_pixels"], factor)
+    cap = max(min(VIDEO_FRAME_MAX_TOKENS * factor * factor, p["video_total_pixels"] / n * TEMPORAL),
+              int(p["video_min_pixels"] * 1.05))
+    h, w = resize(h, w, p["video_min_pixels"], min(p["video_max_pixels"], cap), factor)
+    return n // TEMPORAL * (h // factor) * (w // factor)
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,14 @@ class Workload:
         return asdict(self)
 
 
-def _visual(P: dict) -> tuple[int, float, str]:
+def _visual(P: dict, factor: int) -> tuple[int, float, str]:
     """(visual tokens of the longest sample, mean over samples, how they were found)."""
     synthetic = P.get("data_source", "synthetic") == "synthetic"
     side = P.get("image_size") if synthetic else None
     side = side or math.isqrt(P["image_max_pixels"])  # no scene size known (user data, or 01's params absent)
-    img = image_tokens(side, P)
+    img = image_tokens(side, P, factor)
     share = P.get("video_fraction", 0.0) if synthetic else 0.0
-    vid = video_tokens(side, P.get("video_frames", 4), P) if share > 0 else 0
+    vid = video_tokens(side, P.get("video_frames", 4), P, factor) if share > 0 else 0
     how = (f"{side}x{side} images -> {img} visual tokens" + (f", {P.get('video_frames')}-frame clips -> {vid}"
                                                             f" ({share:.0%} of samples)" if share else ""))
     if not synthetic:
@@ -90,10 +93,11 @@ def _visual(P: dict) -> tuple[int, float, str]:
 
 
 def from_params(P: dict, *, stats: dict | None = None, answer_tokens: int | None = None,
-                seq_len: int | None = None) -> Workload:
+                seq_len: int | None = None, factor: int = FACTOR) -> Workload:
     """The workload of the run ``P`` (02's resolved parameters, with 01's data parameters beside them).
-    ``stats`` is 01's ``data_stats.json`` where it exists; ``seq_len`` overrides the longest sample."""
-    visual, mean_visual, how = _visual(P)
+    ``stats`` is 01's ``data_stats.json`` where it exists; ``seq_len`` overrides the longest sample; ``factor`` is the
+    family's pixels per visual token side (``families.Family.factor``)."""
+    visual, mean_visual, how = _visual(P, factor)
     text = TEXT_TOKENS
     text_how = f"text assumed {TEXT_TOKENS} tokens"
     if stats and stats.get("splits"):
