@@ -31,7 +31,7 @@ PROTOCOL_KEYS = ("teacher_model", "student_model", "prepare_teacher", "teacher_e
                  "teacher_freeze_vision", "teacher_lora", "student_lora", "teacher_dtype", "teacher_quantization",
                  "student_dtype", "teacher_device_map", "train_sft_baseline", "train_kd_labelled_baseline",
                  "n_unlabelled", "teacher_answer_tokens", "teacher_answer_min_confidence", "teacher_cache",
-                 "teacher_cache_topk", "teacher_cache_tail", "num_processes", "accelerate_config")
+                 "teacher_cache_topk", "teacher_cache_tail", "num_processes", "accelerate_config", "cpu_threads")
 
 
 def load_records(out: Path) -> tuple[dict, list[dict], list[dict]]:
