@@ -1,6 +1,6 @@
 """Which recipe teaches a language model to read a built vision tower, and how fast: measured before paying for a build.
 
-    .venv/bin/python benchmarks/lm_probe.py                  # about 9 min on 2 cores: benchmarks/results/lm_probe.json
+    .venv/bin/python benchmarks/lm_probe.py                  # benchmarks/results/lm_probe.json (4 variants, 2 at a time)
     .venv/bin/python benchmarks/lm_probe.py --examples 4000 --variants batch64 --out /tmp/lm.json   # a quick look
 
 Each variant keeps a built model's frozen vision tower (``--pair``, default the committed ``embedded/``), puts a freshly

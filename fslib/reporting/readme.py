@@ -184,8 +184,9 @@ def curve_table(name: str, pretraining: dict, max_rows: int = 7) -> str:
     types = list(curve[-1]["per_type"])
     rows = [[f"{curve[i]['examples']:,}", f"{curve[i]['train_seconds'] / 60:.0f}", f"**{curve[i]['exact_match']:.3f}**",
              *(f"{curve[i]['per_type'].get(t, 0.0):.2f}" for t in types)] for i in keep]
-    tower = (f"tower reused from `{vision['reused_from']['folder'].rsplit('/', 2)[-2]}` (same vision key, built at "
-             f"`{str(vision['reused_from'].get('commit'))[:12]}`)" if vision.get("reused_from") else "tower trained")
+    src = vision.get("reused_from") or {}
+    tower = ("tower trained" if not src else "vision stage reused from an earlier build with the same vision key"
+             + (f" (built at `{src['commit'][:12]}`)" if src.get("commit") else ""))
     stop = (f", stopped at the first probe reaching EM {lang.get('stop_at_em', '')}" if lang.get("stopped_early")
             else "")
     head = (f"**`{name}`, language stage** ({lang['records']:,} records, batches of {lang['batch']}, "
