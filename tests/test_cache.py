@@ -45,7 +45,9 @@ def test_full_k_cache_reproduces_the_live_teacher_loss_and_gradients(tmp_path, t
     assert cached.n_tokens == live.n_tokens
     assert cached.kd.item() == pytest.approx(live.kd.item(), rel=2e-3)
     assert cached.ce.item() == pytest.approx(live.ce.item(), rel=1e-6)
-    assert torch.allclose(g_cached, g_live, atol=1e-4, rtol=1e-2)
+    # fp16 logits: a confident teacher's large logits round by ~1e-2, so single entries may differ by more than 1e-4;
+    # the gradient as a whole must still be the same (3.8e-4 relative on the committed pair).
+    assert ((g_cached - g_live).norm() / g_live.norm()).item() < 1e-3
 
 
 def test_cache_files_hold_fp16_values_int32_indices_and_every_answer_token(tmp_path, teacher_path, student_path,
