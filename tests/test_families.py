@@ -106,7 +106,13 @@ def test_each_family_live_and_chunked_kd_lora_and_resume(family_run, tmp_path, m
     jobs.run(full.but(out_dir=str(tmp_path / "resumed"), runtime={"resume": True}))
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "final" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # In this process (not a fresh single-threaded one, as tests/test_resume.py's bit-exact check) the resumed steps
+    # round differently in the last bits (seen: 7e-9 on Qwen3.5's weights, 6e-8 on a loss); a resume from the wrong
+    # step, data position or optimizer state would differ by orders of magnitude more.
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    losses = [[s["loss"] for s in json.loads((tmp_path / n / "training_history.json").read_text())["steps"]]
+              for n in ("full", "resumed")]
+    assert len(losses[0]) == len(losses[1]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-6)
 
 
 # --- fast checks on the tiny pairs (no pipeline run) ---

@@ -35,7 +35,8 @@ def _pair_table(pair: dict) -> str:
 
 def _measured_table(res: dict) -> str:
     rows = []
-    for r in res.get("runs", []):
+    console = res.get("console_runs", {}).get("rows", [])
+    for r in res.get("runs", []) + console:
         if not r["name"].startswith(FAMILIES):
             continue
         if "measured_bytes" not in r:
@@ -43,7 +44,8 @@ def _measured_table(res: dict) -> str:
             continue
         pair = f"{r['params'].get('teacher_model', '').removeprefix('random-init:')} → " \
                f"{r['params'].get('student_model', '').removeprefix('random-init:')}"
-        rows.append([f"`{r['name']}`", pair, _gib(r["predicted_bytes"]), _gib(r["measured_bytes"]),
+        rows.append([f"`{r['name']}`" + (" (console)" if r in console else ""), pair, _gib(r["predicted_bytes"]),
+                     _gib(r["measured_bytes"]),
                      f"{r['error']:+.1%}" + ("" if r["within_target"] else " (**outside ±15%**)")])
     if not rows:
         return "*No family variant measured yet (`python benchmarks/plan_vs_measured.py --variants ...`).*"
@@ -68,7 +70,9 @@ def family_block(path: str | Path = FAMILY_PLANS, measured: str | Path = PLAN_VS
         lines += ["", "**Measured against predicted** on a CPU, one variant per family (real widths, vocabularies and "
                   "towers, 2 text layers and 2 vision blocks; LoRA students, so that each fits a shared 24 GiB "
                   "machine):", "", _measured_table(m), "",
-                  f"*Read from `{_display(Path(measured))}` (`benchmarks/plan_vs_measured.py`) by `make readme`.*"]
+                  f"*Read from `{_display(Path(measured))}` (`benchmarks/plan_vs_measured.py`) by `make readme`."
+                  + (f" Rows marked (console): {m['console_runs']['note']}; recorded by "
+                     f"`{m['console_runs']['command'].strip()}`." if m.get("console_runs") else "") + "*"]
     return "\n".join(lines)
 
 
