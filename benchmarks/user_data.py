@@ -120,6 +120,7 @@ def _sha() -> str:
 
 def published(run: Path, metrics: dict) -> str | None:
     """The metrics.json row whose checkpoint holds the weights 04 put in ``hub/`` (compared tensor by tensor)."""
+    import torch
     from safetensors.torch import load_file
 
     hub = load_file(str(run / "hub" / "model.safetensors"))
@@ -128,7 +129,7 @@ def published(run: Path, metrics: dict) -> str | None:
         weights = Path(m["path"]) / "model.safetensors"
         if name in metrics["models"] and weights.exists():
             own = load_file(str(weights))
-            if own.keys() == hub.keys() and all((own[k] == hub[k]).all() for k in own):
+            if own.keys() == hub.keys() and all(torch.equal(own[k], hub[k]) for k in own):
                 return name
     return None
 
@@ -167,14 +168,14 @@ def main(argv=None) -> int:
     if args.collect:  # the run's own record of when it ran: its stages' durations
         params = yaml.safe_load((work / f"{args.name}.yaml").read_text())
         prior = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-        load, seconds = prior.get("load_average_before", load), prior.get("seconds")
+        load, seconds = prior.get("load_average_before"), prior.get("seconds")  # not known without the first JSON
     else:
         (work / f"{args.name}.yaml").write_text(yaml.safe_dump(params))
         pipeline.run(work / f"{args.name}.yaml", **({"stages": args.stages} if args.stages else {}))
         seconds = round(time.time() - t0)
     result = {"command": "python benchmarks/user_data.py " + " ".join(argv or sys.argv[1:]), "sizes": sizes,
               "changed_params": {k: params[k] for k in ("data_source", *extra)}, "seconds": seconds,
-              "teacher_epochs": params["teacher_epochs"], "load_average_before": [round(x, 2) for x in load],
+              "teacher_epochs": params["teacher_epochs"], "load_average_before": [round(x, 2) for x in load] if load else None,
               "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
               **summarise(work / args.name)}

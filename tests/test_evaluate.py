@@ -168,3 +168,10 @@ def test_failures_interleave_images_and_clips():
     recs = [{"answer": "cup", "media": "image"}, {"answer": "left", "media": "video"},
             {"answer": "red", "media": "image"}, {"answer": "keys", "media": "image"}]
     assert evalplots.failures(recs, {"student": ["x", "x", "red", "x"]}, n=3) == [0, 1, 3]
+
+
+def test_prior_baseline_leaves_unlabelled_training_rows_out():
+    # a user's train split: many unlabelled rows (answer None) must not make None the "most frequent answer"
+    train = [{"qtype": "digit", "answer": "3"}] * 2 + [{"qtype": "digit", "answer": None}] * 5
+    prior = metrics.prior_baseline(train, [{"qtype": "digit", "answer": "3"}, {"qtype": "digit", "answer": "4"}])
+    assert prior["answers"] == {"digit": "3"} and prior["per_type"] == {"digit": 0.5}

@@ -142,7 +142,9 @@ def summarise(predictions: list[str], records: list[dict], *, blind: list[str] |
 
 
 def prior_baseline(train: list[dict], records: list[dict]) -> dict:
-    """Exact match of always answering the most frequent training answer of each question type (no pixels needed)."""
+    """Exact match of always answering the most frequent training answer of each question type (no pixels needed).
+    Unlabelled training records (no answer) are left out: their "answer" is no answer a model could give."""
+    train = [r for r in train if r.get("answer") is not None]
     majority = {q: Counter(r["answer"] for r in train if r["qtype"] == q).most_common(1)[0][0]
                 for q in {r["qtype"] for r in train}}
     hits = [(r["qtype"], exact_match(majority.get(r["qtype"], ""), references(r))) for r in records]
