@@ -227,3 +227,12 @@ def test_real_tokenizers_give_the_released_ids(family, ids):
     assert randominit.real_token_ids(family)["image_token_id"] == ids.get("<|image_pad|>", 151655)
     if family != "qwen3.5":  # Qwen2's ranks: the ids of tests/test_qwen_tokenizer.py
         assert tok("Hello, world!", add_special_tokens=False)["input_ids"] == [9707, 11, 1879, 0]
+
+
+def test_readme_families_block_is_generated_from_the_json():
+    from fslib.reporting import familyblock, readme
+
+    if not familyblock.FAMILY_PLANS.exists():
+        pytest.skip("no benchmarks/results/family_plans.json yet")
+    assert readme.current_block(readme.README.read_text(), "families") == familyblock.family_block().rstrip(), \
+        "README's families block is stale: run `make readme`"
