@@ -25,11 +25,12 @@ def test_teacher_output_layer_is_padded_larger(teacher_path, student_path, proce
 
 
 def test_pair_has_the_real_pairs_shape(teacher_path, student_path):
-    """As Qwen2-VL-2B and -7B: one vision tower architecture, one depth, a narrower student language model."""
+    """As Qwen2-VL-2B and -7B: one vision tower architecture and a narrower student language model; unlike them, the
+    tiny student is also shallower (at this size depth is what a decoded token costs: fslib.world.embedded)."""
     t, s = (models.load_model(p).config for p in (teacher_path, student_path))
     assert t.vision_config.to_dict() | {"hidden_size": 0} == s.vision_config.to_dict() | {"hidden_size": 0}
     tt, st = t.get_text_config(), s.get_text_config()
-    assert tt.num_hidden_layers == st.num_hidden_layers and st.hidden_size < tt.hidden_size
+    assert 2 * st.num_hidden_layers <= tt.num_hidden_layers and st.hidden_size < tt.hidden_size
     assert tt.hidden_size // tt.num_attention_heads == st.hidden_size // st.num_attention_heads  # same M-RoPE sections
 
 
