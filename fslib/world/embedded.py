@@ -37,7 +37,7 @@ EMBEDDED_PREFIX = "embedded:"
 # student only until its probe EM reaches ``stop_at_em`` (0.40), so that its starting weights read images (captions)
 # and leave the task to 02. At this size a decoded token costs about a fixed overhead plus one step per layer, so the
 # student has half the teacher's depth as well as half its width (decode 2.4 vs 1.1 ms/token for 4x128 vs 2x64 on one
-# core, random weights, fslib.evaluation.bench.measure_latency).
+# core, random weights, fslib.evaluation.bench.measure_latency, on a loaded machine).
 _VISION = {"scenes": 16384, "epochs": 4, "lr": 2e-3}
 _LANGUAGE = {"batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "probe_questions": 240, "video_fraction": 0.25}
 EMBEDDED_PRESETS: dict[str, dict] = {
