@@ -8,23 +8,17 @@ from pathlib import Path
 
 from fslib.core import fsio
 from fslib.evaluation import formatting
+from fslib.reporting.planblock import _gib, least_change
 
 FAMILY_PLANS = fsio.REPO_ROOT / "benchmarks" / "results" / "family_plans.json"
 PLAN_VS_MEASURED = fsio.REPO_ROOT / "benchmarks" / "results" / "plan_vs_measured.json"
 FAMILIES = ("qwen2.5-vl", "qwen3-vl", "qwen3.5")
-GiB = 2**30
-
-
-def _gib(b) -> str:
-    return "—" if b is None else f"{b / GiB:.1f}"
 
 
 def _pair_table(pair: dict) -> str:
     rows = []
     for gpu, r in pair["gpus"].items():
-        change = r.get("first_fitting_change")
-        fix = "—" if r["fits"] or not change else ", ".join(f"`{k}={v}`" for k, v in change["params"].items()) \
-            + f" → {_gib(change['total_bytes'])} GiB"
+        fix = least_change(r)
         epoch = "—" if r["epoch_seconds"] is None else f"{r['epoch_seconds'] / 60:.0f}"
         rows.append([f"`{gpu}`", _gib(r["memory_bytes"]), f"{_gib(r['total_bytes'])} ({r['peak_phase']})",
                      "yes" if r["fits"] else "**no**",

@@ -17,6 +17,14 @@ def _gib(b) -> str:
     return "—" if b is None else f"{b / GiB:.1f}"
 
 
+def least_change(r: dict) -> str:
+    """A plan row's least params change that makes the job fit, with the peak it then predicts; "—" when it fits."""
+    change = r.get("first_fitting_change")
+    if r["fits"] or not change:
+        return "—"
+    return ", ".join(f"`{k}={v}`" for k, v in change["params"].items()) + f" → {_gib(change['total_bytes'])} GiB"
+
+
 def _minutes(s) -> str:
     return "—" if s is None else f"{s / 60:.0f}"
 
@@ -24,9 +32,7 @@ def _minutes(s) -> str:
 def real_job_table(real: dict) -> str:
     rows = []
     for gpu, r in real["gpus"].items():
-        change = r.get("first_fitting_change")
-        fix = "—" if r["fits"] or not change else ", ".join(f"`{k}={v}`" for k, v in change["params"].items()) \
-            + f" → {_gib(change['total_bytes'])} GiB"
+        fix = least_change(r)
         rows.append([f"`{gpu}`", _gib(r["memory_bytes"]), f"{_gib(r['total_bytes'])} ({r['peak_phase']})",
                      "yes" if r["fits"] else "**no**",
                      "—" if r["step_seconds"] is None else f"{r['step_seconds']:.1f}",
